@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: the label of an input without a gold label (e.g. a transfer-set input): skipped by the CE term
+UNLABELLED = -1
+
 
 def _flatten(logits: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     c = logits.shape[-1]
@@ -49,10 +52,16 @@ def soft_target_kl(
 def cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy over examples (or unmasked positions)."""
+    """Mean cross-entropy over labelled examples (or unmasked positions).
+
+    A label below 0 (:data:`UNLABELLED`) marks an example without a gold label — a transfer-set
+    input only the teacher labels — which the CE term skips; a batch without any label gives 0.
+    """
     flat, m = _flatten(logits, mask)
-    per_example = F.cross_entropy(flat.float(), labels.reshape(-1), reduction="none")
-    return _mean(per_example, m)
+    labels = labels.reshape(-1)
+    per_example = F.cross_entropy(flat.float(), labels, reduction="none", ignore_index=UNLABELLED)
+    labelled = labels >= 0
+    return _mean(per_example, labelled if m is None else m & labelled)
 
 
 def kd_loss(

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from biaskd.losses import kd_loss
+from biaskd.losses import cross_entropy, kd_loss
 
 # One example, two classes, T = 2.
 # teacher logits (0, 2 ln 3) / T = (0, ln 3)  -> p = (1/4, 3/4)
@@ -100,3 +100,17 @@ def test_cached_and_forward_teacher_give_the_same_kd_loss():
     # and the cached lookup really is by example index: another batch of the table differs
     other = dict(batch, idx=torch.arange(8, 16))
     assert abs(cached.loss_step(other, 0).item() - a.item()) > 0.1
+
+
+def test_cross_entropy_skips_unlabelled_examples():
+    from biaskd.losses import UNLABELLED
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, UNLABELLED, 1])
+    # hand-computed: mean of -log softmax over the two labelled rows
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(math.exp(3.0) + math.exp(-1.0)) - (-1.0)) / 2
+    assert cross_entropy(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert cross_entropy(logits, torch.full((3,), UNLABELLED)).item() == 0.0
+    # a pure-distillation loss never reads labels, so unlabelled rows change nothing there
+    assert kd_loss(logits, logits.flip(0), labels, alpha=1.0).item() == pytest.approx(
+        kd_loss(logits, logits.flip(0), None, alpha=1.0).item())
