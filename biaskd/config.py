@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from biaskd import objectives
 from biaskd.artifacts import config_hash
+from biaskd.data import transfer
 from biaskd.errors import ConfigError
 
 DISTILL_MODES = ("none", "self", "cross", "online")
@@ -83,6 +84,7 @@ def validate(cfg: DictConfig) -> None:
     _positive_sizes(cfg, "model")
     _choice(cfg, "distill.mode", DISTILL_MODES)
     mode = _get(cfg, "distill.mode")
+    transfer.check(OmegaConf.to_container(cfg, resolve=True))
     if mode != "none":
         _number(cfg, "distill.alpha", low=0, high=1)
         _number(cfg, "distill.temperature", low=0, low_open=True)
@@ -127,6 +129,8 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
         c["distill"] = {"mode": "none"}
     elif mode == "self":
         c.get("teacher", {}).pop("model", None)
+    if transfer.spec_of(c).is_train:  # the default: runs from before transfer sets keep their hash
+        c.pop("transfer", None)
     c["data_fingerprint"] = data_fingerprint
     return c
 
@@ -147,6 +151,7 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
         t["model"] = teacher_spec["model"]
     t["seed"] = int(cfg.seed) + int(teacher_spec.get("seed_offset", 0))
     t["distill"] = {"mode": "none"}
+    t["transfer"] = transfer.TransferSpec().to_dict()  # teachers learn from the labelled training set
     t["role"] = "teacher"
     overrides = teacher_spec.get("overrides") or {}
     out = OmegaConf.merge(OmegaConf.create(t), OmegaConf.create(overrides))

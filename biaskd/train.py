@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from biaskd import artifacts, config as config_mod
 from biaskd.artifacts import RunDir
-from biaskd.data.base import PAD_ID
+from biaskd.data import transfer as transfer_mod
+from biaskd.data.base import PAD_ID, TensorBatches
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ArtifactError, ConfigError, TrainingError
 from biaskd.metrics import split_metrics
@@ -108,6 +109,9 @@ def run_name(cfg: DictConfig, digest: str) -> str:
             parts.append(objective)
         if mode in ("cross", "online"):
             parts.append(f"from-{cfg.teacher.model.name}")
+        transfer_part = transfer_mod.run_name_part(transfer_mod.spec_of(cfg))
+        if transfer_part:
+            parts.append(transfer_part)
     parts += [f"s{cfg.seed}", digest]
     return "-".join(str(p) for p in parts)
 
@@ -198,16 +202,21 @@ def _cached_rows(path: Path, key: str, ids: torch.Tensor) -> torch.Tensor | None
 
 
 def teacher_cache(teacher_run: RunDir, teacher: torch.nn.Module, data: TaskData, name: str = "train",
-                  features: bool = False) -> Outputs:
-    """Teacher logits (and with ``features=True`` its ``features(x)``) on the training set,
-    computed once per (teacher, data) and stored in the teacher's run dir: ``NAME-FP.npz`` and
-    ``NAME-features-FP.npz``. The file names carry the data fingerprint, so changed data (or a
-    retrained teacher, which lives in a new dir) never reuses stale outputs."""
-    split = data.train
+                  features: bool = False, split=None) -> Outputs:
+    """Teacher logits (and with ``features=True`` its ``features(x)``) on the training set (or
+    on ``split``, e.g. training set + transfer inputs), computed once per (teacher, data) and
+    stored in the teacher's run dir: ``NAME-FP.npz`` and ``NAME-features-FP.npz``. The file
+    names carry the data fingerprint (and ``split``'s), so changed data (or a retrained teacher,
+    which lives in a new dir) never reuses stale outputs."""
+    fp = data.fingerprint()
+    if split is None or split is data.train:
+        split = data.train
+    else:
+        name, fp = "fit", config_mod.config_hash({"data": fp, "split": split.fingerprint()}, length=16)
     folder = teacher_run / "teacher_cache"
-    paths = {"logits": folder / f"{name}-{data.fingerprint()}.npz"}
+    paths = {"logits": folder / f"{name}-{fp}.npz"}
     if features:
-        paths["features"] = folder / f"{name}-features-{data.fingerprint()}.npz"
+        paths["features"] = folder / f"{name}-features-{fp}.npz"
     with FileLock(str(paths["logits"]) + ".lock"):
         found = {key: _cached_rows(path, key, split.ids) for key, path in paths.items()}
         missing = [key for key, value in found.items() if value is None]
@@ -344,11 +353,15 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     if is_lm(data):
         check_lm_config(cfg)
     teacher_run, teacher_model, cached = None, None, Outputs(None)
+    spec = transfer_mod.spec_of(cfg)
     if mode in ("self", "cross"):
         teacher_run = ensure_teacher(cfg, data)
         teacher_model = load_model(teacher_run, data)
-        if cfg.distill.teacher_outputs == "cached" and not is_lm(data):  # LM: see biaskd.modules.lm
-            cached = teacher_cache(teacher_run, teacher_model, data, features=objective_class(cfg.distill).needs_features)
+    transfer_set = transfer_mod.build(spec, data)
+    fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=mode != "none")
+    if teacher_run is not None and cfg.distill.teacher_outputs == "cached" and not is_lm(data):  # LM: see biaskd.modules.lm
+        cached = teacher_cache(teacher_run, teacher_model, data, features=objective_class(cfg.distill).needs_features,
+                               split=fit)
     elif mode == "online":
         teacher_model = build_model(cfg.teacher.model, data)
 
@@ -391,15 +404,19 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
         )
 
     meta = _meta(cfg, data, run, teacher_run, digest, init_from)
+    meta["transfer"] = {**transfer_mod.record(transfer_set, spec, mode != "none"), "n_fit": len(fit)}
     run.path.mkdir(parents=True, exist_ok=True)
     run.reset_outcome()
     artifacts.write_text(run / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if transfer_set is not None:  # which inputs were drawn: rebuild from meta["transfer"] to check
+        artifacts.save_npz(run / "transfer.npz", ids=transfer_set.ids, labels=transfer_set.y,
+                           **{k: np.asarray(v) for k, v in transfer_set.meta.items()})
     if not (run / "meta.json").exists():
         artifacts.write_json(run / "meta.json", meta)
     else:
         meta = run.meta
 
-    train_batches = data.train_dataloader()
+    train_batches = TensorBatches(fit, data.batch_size, shuffle=True, seed=data.seed, lengths=data.lengths(fit))
     data._train_batches = train_batches
     data.train_dataloader = lambda: train_batches  # the module re-seeds it per epoch
     total_steps = len(train_batches) * int(cfg.trainer.max_epochs)

@@ -134,6 +134,40 @@ class TensorBatches:
         self.epoch += 1
 
 
+def content_hashes(split: Split) -> np.ndarray:
+    """One hash per example of its input alone (padding stripped from token rows): equal inputs,
+    equal hashes, whatever their label, id or split. Used to prove that no transfer-set input
+    is also an evaluation input."""
+    x = split.x.detach().cpu().contiguous()
+    tokens = x.dim() == 2 and not x.is_floating_point()
+    rows = x.numpy()
+    out = []
+    for row in rows:
+        data = row[row != PAD_ID].tobytes() if tokens else row.tobytes()
+        out.append(hashlib.blake2b(data, digest_size=12).hexdigest())
+    return np.asarray(out, dtype="<U24")
+
+
+def concat_splits(name: str, parts: list[Split]) -> Split:
+    """One split from several of the same task: token inputs are right-padded to the widest
+    part; only meta fields that every part has are kept."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise ValueError(f"split {name!r}: nothing to concatenate")
+    xs = [p.x for p in parts]
+    if xs[0].dim() == 2 and not xs[0].is_floating_point():
+        width = max(x.shape[1] for x in xs)
+        xs = [torch.nn.functional.pad(x, (0, width - x.shape[1]), value=PAD_ID) for x in xs]
+    keys = set.intersection(*(set(p.meta) for p in parts))
+    return Split(
+        name=name,
+        x=torch.cat(xs),
+        y=torch.cat([p.y for p in parts]),
+        ids=torch.cat([p.ids for p in parts]),
+        meta={k: np.concatenate([np.asarray(p.meta[k]) for p in parts]) for k in sorted(keys)},
+    )
+
+
 def seeded_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a seeded random (1 - fraction, fraction) partition of ``range(n)``."""
     if not 0.0 <= fraction < 1.0:

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from biaskd.data.base import PAD_ID, Split, TensorBatches
+from biaskd.errors import ConfigError
 
 
 class TaskData(L.LightningDataModule):
@@ -83,6 +84,22 @@ class TaskData(L.LightningDataModule):
         g = torch.Generator().manual_seed(12345)
         index = torch.randperm(len(split), generator=g)[: self.probe_size].sort().values
         return split.subset(index, name="probe")
+
+    def transfer_candidates(self, spec, n: int | None) -> Split:
+        """Candidate transfer inputs for ``spec`` (a :class:`biaskd.data.transfer.TransferSpec`),
+        in draw order, with gold labels; at least ``n`` when ``n`` is given. Image tasks offer
+        ``augment``; tasks with other sources override this."""
+        self.setup()
+        if spec.source == "augment" and self.input_kind == "image":
+            from biaskd.data.ood import random_pose
+
+            x = self.train.x
+            images, params = random_pose(x.reshape(-1, *x.shape[-2:]).numpy(), n, spec.seed, **spec.options)
+            source = torch.as_tensor(params["source"])
+            return Split("transfer", torch.as_tensor(images, dtype=x.dtype).reshape(-1, *x.shape[1:]),
+                         self.train.y[source], self.train.ids[source], params)
+        raise ConfigError(f"config key 'transfer.source': {spec.source!r} is not available for task {self.task!r} "
+                          f"(input kind {self.input_kind!r})")
 
     def fingerprint(self) -> str:
         """Hash of the training data: cached teacher outputs are valid only for this value."""

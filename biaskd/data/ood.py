@@ -206,6 +206,35 @@ def make_ood(name: str, images: np.ndarray, severity: int | None = None, seed: i
     return out, params
 
 
+def random_pose(images: np.ndarray, n: int, seed: int, max_shift: int = 4,
+                scales: Sequence[float] = (0.6, 0.7, 0.8, 0.9, 1.0)) -> tuple[np.ndarray, Params]:
+    """``n`` new images, each a random source image zoomed about the centre by a scale drawn
+    uniformly from ``scales`` and then shifted by integers (dy, dx), each uniform in
+    ``[-max_shift, max_shift]`` (zero fill). The transfer-set augmentation of image tasks: its
+    support covers the ``translated``/``scaled`` OOD poses at moderate severity, so a control
+    student trained on the same images tells the teacher's bias apart from the inputs.
+
+    Returns float64 images ``(n, H, W)`` and per-image params ``source`` (index into
+    ``images``), ``scale``, ``shift_y``, ``shift_x``.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 3 or not len(images):
+        raise ValueError(f"random_pose: images must be a non-empty (n, H, W) stack, got {images.shape}")
+    if max_shift < 0 or not scales or min(scales) <= 0:
+        raise ConfigError(f"random_pose: need max_shift >= 0 and positive scales, got {max_shift}, {list(scales)}")
+    rng = np.random.default_rng(seed)
+    source = rng.integers(0, len(images), n)
+    scale = rng.choice(np.asarray(scales, dtype=np.float64), n)
+    shift_y = rng.integers(-max_shift, max_shift + 1, n)
+    shift_x = rng.integers(-max_shift, max_shift + 1, n)
+    out = _warp_by_group(images[source], scale, lambda s: np.eye(2) / s)
+    for sy, sx in {(int(a), int(b)) for a, b in zip(shift_y, shift_x)}:
+        mask = (shift_y == sy) & (shift_x == sx)
+        out[mask] = _shift(out[mask], sy, sx)
+    return out, {"source": source.astype(np.int64), "scale": scale, "shift_y": shift_y.astype(np.int64),
+                 "shift_x": shift_x.astype(np.int64)}
+
+
 def ood_seed(name: str, severity: int) -> int:
     """The fixed seed of OOD set (``name``, ``severity``): the same in every run and independent
     of the training seed, so all models are compared on the very same images."""

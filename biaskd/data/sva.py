@@ -71,6 +71,9 @@ from biaskd.errors import ConfigError, DataFormatError
 LABELS = {"VBZ": 0, "VBP": 1}
 LABEL_NAMES = ("VBZ", "VBP")
 
+#: held-out pool ids are ``k * POOL_ID_STRIDE + line`` (0-based line of numpred.test.k)
+POOL_ID_STRIDE = 1_000_000
+
 LINZEN_TSV_NAME = "agr_50_mostcommon_10K.tsv.gz"
 #: where Linzen's rnn_agreement README points for the full dependency set
 LINZEN_TSV_URL = "https://www.dropbox.com/s/5axdu3q9jkxzjy8/agr_50_mostcommon_10K.tsv.gz?dl=1"
@@ -390,6 +393,7 @@ class SVAData(TaskData):
         tsv_fractions: Sequence[float] = (0.09, 0.01, 0.90),
         max_eval: int | None = 200_000,
         attractor_counts: Sequence[int] = (1, 2, 3, 4),
+        transfer_pool: Mapping | None = None,
         batch_size: int = 128,
         eval_batch_size: int = 1024,
         seed: int = 0,
@@ -424,10 +428,29 @@ class SVAData(TaskData):
         self.tsv_fractions = tuple(tsv_fractions)
         self.max_eval = max_eval
         self.attractor_counts = tuple(int(k) for k in attractor_counts)
+        self.transfer_pool = self._check_pool(transfer_pool, source)
+        self.pool: list[SVAExample] = []
+        self.pool_ids = np.zeros(0, dtype=np.int64)
         self.num_classes = 2
         self.vocab: Vocab | None = None
         #: the examples behind every split, by split name (for inspection and reports)
         self.examples: dict[str, list[SVAExample]] = {}
+
+    @staticmethod
+    def _check_pool(pool: Mapping | None, source: str) -> dict | None:
+        if not pool:
+            return None
+        pool = dict(pool)
+        unknown = sorted(set(pool) - {"files", "fraction"})
+        if unknown:
+            raise ConfigError(f"config key 'task.transfer_pool.{unknown[0]}': unknown (options: files, fraction)")
+        if source != "linzen":
+            raise ConfigError(f"config key 'task.transfer_pool': held-out transfer pools need source 'linzen', got {source!r}")
+        files = [int(k) for k in pool.get("files", (1, 2))]
+        fraction = float(pool.get("fraction", 0.5))
+        if not files or not 0 < fraction < 1:
+            raise ConfigError(f"config key 'task.transfer_pool': need files and 0 < fraction < 1, got {pool}")
+        return {"files": files, "fraction": fraction}
 
     # -- loading --------------------------------------------------------------------------
     def _linzen_dir(self) -> Path:
@@ -448,11 +471,24 @@ class SVAData(TaskData):
         )
         out = {"train": [pool[i] for i in train], "valid": [pool[i] for i in valid], "test": [pool[i] for i in test]}
         self._ids = {"train": train, "valid": valid, "test": test}
-        for k in self.attractor_counts:
+        pool_files = self.transfer_pool["files"] if self.transfer_pool else []
+        self.pool, pool_ids = [], []
+        for k in sorted(set(self.attractor_counts) | set(pool_files)):
             p = d / f"numpred.test.{k}"
             if not p.exists():
                 raise FileNotFoundError(f"{p} not found (sva source 'linzen' evaluates on numpred.test.{k})")
-            out[f"attractors_{k}"] = read_numpred(p, attractors=k)
+            examples = read_numpred(p, attractors=k)
+            if k in pool_files:  # reserve a seeded part (whole prefixes) as transfer inputs
+                f = self.transfer_pool["fraction"]
+                keep, reserved = _grouped_partition([" ".join(e.tokens) for e in examples], (1 - f, f),
+                                                    self.split_seed + 1000 + k)
+                self.pool += [examples[i] for i in reserved]
+                pool_ids.append(k * POOL_ID_STRIDE + reserved)
+                self._ids[f"attractors_{k}"] = keep
+                examples = [examples[i] for i in keep]
+            if k in self.attractor_counts:
+                out[f"attractors_{k}"] = examples
+        self.pool_ids = np.concatenate(pool_ids) if pool_ids else np.zeros(0, dtype=np.int64)
         return out
 
     def _load_tsv(self) -> dict[str, list[SVAExample]]:
@@ -562,10 +598,37 @@ class SVAData(TaskData):
         train_inputs = self.inputs(examples["train"])
         self.vocab = Vocab.build(train_inputs, self.min_count)
         self.vocab_size = len(self.vocab)
-        train_keys = {" ".join(t) for t in train_inputs}
+        train_keys = self._train_keys = {" ".join(t) for t in train_inputs}
         splits = {name: self._encode(name, ex, train_keys) for name, ex in examples.items()}
         train, valid = splits.pop("train"), splits.pop("valid")
         return train, valid, splits
+
+    def transfer_candidates(self, spec, n: int | None) -> Split:
+        """``heldout``: the reserved numpred.test lines in a seeded order (ids ``k·10⁶ + line``,
+        0-based); ``grammar``: new grammar sentences (ids = draw order). Gold labels in ``y``."""
+        self.setup()
+        if spec.source == "heldout":
+            if not self.pool:
+                raise ConfigError("config key 'transfer.source': 'heldout' needs a task with a held-out pool "
+                                  "(task.transfer_pool, e.g. task=sva_linzen_transfer)")
+            order = np.random.default_rng(spec.seed).permutation(len(self.pool))[:n]
+            split = self._encode("transfer", [self.pool[i] for i in order], self._train_keys)
+            split.ids = torch.as_tensor(self.pool_ids[order])
+            return split
+        if spec.source == "grammar":
+            if self.source != "grammar":
+                raise ConfigError(f"config key 'transfer.source': 'grammar' needs sva source 'grammar', got {self.source!r}")
+            g = self.grammar_config
+            o = {k: v for k, v in spec.options.items() if v is not None}
+            seen = {" ".join(e.sentence) for ex in self.examples.values() for e in ex if e.sentence}
+            sentences = grammar_mod.generate(
+                n, f"{g.seed}/transfer/{spec.seed}", min_depth=o.get("min_depth", g.train_min_depth),
+                max_depth=o.get("max_depth", g.train_max_depth), attractor_prob=o.get("attractor_prob", g.attractor_prob),
+                rc_prob=g.rc_prob, orc_share=g.orc_share, adj_prob=g.adj_prob, intro_prob=g.intro_prob,
+                copula_prob=g.copula_prob, max_distance=g.max_distance, exclude=seen,
+            )
+            return self._encode("transfer", examples_from_grammar(sentences), self._train_keys)
+        return super().transfer_candidates(spec, n)
 
     def summary(self) -> dict:
         """Sizes, vocabulary and UNK rates: what a run dir should record about its data."""
@@ -576,6 +639,7 @@ class SVAData(TaskData):
             "task": self.task, "source": self.source, "setup": self.setup_kind,
             "split_seed": self.split_seed, "min_count": self.min_count, "vocab_size": self.vocab_size,
             "sizes": sizes, "unk_rates": self.unk_rates(), "fingerprint": self.fingerprint(),
+            "transfer_pool": None if not self.transfer_pool else {**self.transfer_pool, "n": len(self.pool)},
         }
 
     def unk_rates(self) -> dict[str, float]:
