@@ -18,7 +18,16 @@ def config_label(frame: pd.DataFrame) -> pd.Series:
     mode = np.where((frame["distill"] != "none") & (teacher != ""), frame["distill"] + "<-" + teacher,
                     np.where(frame.get("role", "") == "teacher", "none (teacher)", frame["distill"]))
     label = frame["model"].astype(str) + " / " + pd.Series(mode, index=frame.index).astype(str)
-    return label + objective_suffix(frame)
+    return label + objective_suffix(frame) + transfer_suffix(frame)
+
+
+def transfer_suffix(frame: pd.DataFrame) -> pd.Series:
+    """`` +heldout 10000`` for runs trained with transfer inputs beyond the training set."""
+    out = pd.Series("", index=frame.index)
+    if "transfer" in frame:
+        extra = frame["transfer"].fillna("").astype(str) != ""
+        out[extra] = " +" + frame.loc[extra, "transfer"].astype(str)
+    return out
 
 
 def objective_suffix(frame: pd.DataFrame) -> pd.Series:

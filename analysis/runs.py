@@ -65,6 +65,8 @@ RUN_COLUMNS = [
     "temperature",
     "experiment",
     "config_hash",
+    "transfer",
+    "transfer_n",
 ]
 FRAME_COLUMNS = RUN_COLUMNS + ["split", "metric", "value"]
 
@@ -206,6 +208,20 @@ class Run:
         return self.meta.get("teacher_model")
 
     @property
+    def transfer_n(self) -> int:
+        """Number of transfer inputs beyond the training set (0: the paper's setting)."""
+        return int((self.meta.get("transfer") or {}).get("n") or 0)
+
+    @property
+    def transfer(self) -> str:
+        """``""`` for the training set alone, else e.g. ``heldout 10000`` / ``augment 30000 only``."""
+        t = self.meta.get("transfer") or {}
+        if not self.transfer_n:
+            return ""
+        size = t.get("size")
+        return f"{t.get('source')} {'all' if size is None else size}" + ("" if t.get("mix_with_train", True) else " only")
+
+    @property
     def num_classes(self) -> int:
         return int(self.meta["num_classes"])
 
@@ -215,7 +231,8 @@ class Run:
         mode = self.distill
         if mode != "none" and self.teacher_model:
             mode = f"{mode}<-{self.teacher_model}"
-        return f"{self.model} [{mode}] s{self.seed}"
+        transfer = f" +{self.transfer}" if self.transfer else ""
+        return f"{self.model} [{mode}{transfer}] s{self.seed}"
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, {self.label!r}, path={str(self.path)!r})"
@@ -480,6 +497,8 @@ def run_record(run: Run) -> dict:
         "temperature": run.temperature,
         "experiment": run.meta.get("experiment"),
         "config_hash": run.meta.get("config_hash"),
+        "transfer": run.transfer,
+        "transfer_n": run.transfer_n,
     }
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 #: Columns identifying a training configuration; rows that differ only in seed are pooled.
-CONFIG_KEYS = ["task", "model", "role", "distill", "objective", "teacher_model", "alpha", "temperature"]
+CONFIG_KEYS = ["task", "model", "role", "distill", "objective", "teacher_model", "alpha", "temperature", "transfer"]
 NO_CI_NOTE = "n=1: no confidence interval"
 
 
@@ -87,7 +87,7 @@ def transfer_ratio(m_kd: float, m_indep: float, m_teacher: float, min_gap: float
 
 
 TRANSFER_COLUMNS = ["task", "split", "metric", "model", "teacher_model", "distill", "objective",
-                    "alpha", "temperature", "m_kd", "m_indep", "m_teacher", "n_kd", "n_indep",
+                    "alpha", "temperature", "transfer", "m_kd", "m_indep", "m_teacher", "n_kd", "n_indep",
                     "n_teacher", "gap", "gap_half_width", "transfer_ratio", "teacher_source", "note"]
 
 
@@ -96,12 +96,16 @@ def _seed_values(frame: pd.DataFrame) -> pd.Series:
     return frame.groupby("seed")["value"].mean() if len(frame) else pd.Series(dtype=float)
 
 
-def _independent(frame: pd.DataFrame, task, split, metric, model, prefer_role: str) -> pd.DataFrame:
+def _independent(frame: pd.DataFrame, task, split, metric, model, prefer_role: str, transfer=None) -> pd.DataFrame:
     """Runs of ``model`` trained without distillation (``distill == "none"``); among them the
     ones with role ``prefer_role`` if there are any (a teacher of the student's architecture,
-    e.g. for self-distillation, is not the independent student and vice versa)."""
+    e.g. for self-distillation, is not the independent student and vice versa). With a
+    ``transfer`` column, only runs on the same transfer inputs (``""``: none) count: a student
+    distilled on extra inputs is compared with the control trained on them with gold labels."""
     rows = frame[(frame["distill"] == "none") & (frame["task"] == task) & (frame["split"] == split)
                  & (frame["metric"] == metric) & (frame["model"] == model)]
+    if "transfer" in frame:
+        rows = rows[rows["transfer"].fillna("") == ("" if transfer is None or transfer != transfer else transfer)]
     preferred = rows[rows["role"] == prefer_role]
     return preferred if len(preferred) else rows
 
@@ -136,17 +140,18 @@ def transfer_table(frame: pd.DataFrame, min_gap: float = 1e-9, metrics: Sequence
         frame = frame[frame["metric"].isin(metrics)]
     kd_all = frame[(frame["distill"] != "none") & frame["teacher_model"].notna()]
     group_keys = ["task", "split", "metric", "model", "teacher_model", "distill", "objective", "alpha", "temperature"]
+    group_keys += _keys_present(frame, ["transfer"])
     rows = []
     for key, kd in kd_all.groupby(group_keys, dropna=False, sort=True):
         rec = dict(zip(group_keys, key))
         t, s, m = rec["task"], rec["split"], rec["metric"]
-        indep = _independent(frame, t, s, m, rec["model"], prefer_role="student")
+        indep = _independent(frame, t, s, m, rec["model"], prefer_role="student", transfer=rec.get("transfer"))
         teacher_ids = set(kd["teacher_run"].dropna())
         named = frame[frame["run"].isin(teacher_ids) & (frame["split"] == s) & (frame["metric"] == m)]
         if len(named):
             teacher, source = named, "named teacher runs"
         else:
-            teacher = _independent(frame, t, s, m, rec["teacher_model"], prefer_role="teacher")
+            teacher = _independent(frame, t, s, m, rec["teacher_model"], prefer_role="teacher", transfer="")
             source = "independent runs of teacher_model"
         v_kd, v_in, v_t = _seed_values(kd), _seed_values(indep), _seed_values(teacher)
         m_kd, m_in, m_t = (float(v.mean()) if len(v) else math.nan for v in (v_kd, v_in, v_t))
@@ -215,10 +220,12 @@ def paired_tests(frame: pd.DataFrame, metrics: Sequence[str] = ("accuracy",)) ->
     frame = frame[frame["metric"].isin(metrics)]
     kd_all = frame[(frame["distill"] != "none") & frame["teacher_model"].notna()]
     keys = ["task", "split", "metric", "model", "teacher_model", "distill", "objective", "alpha", "temperature"]
+    keys += _keys_present(frame, ["transfer"])
     rows = []
     for key, kd in kd_all.groupby(keys, dropna=False, sort=True):
         rec = dict(zip(keys, key))
-        indep = _independent(frame, rec["task"], rec["split"], rec["metric"], rec["model"], prefer_role="student")
+        indep = _independent(frame, rec["task"], rec["split"], rec["metric"], rec["model"], prefer_role="student",
+                             transfer=rec.get("transfer"))
         rows.append({**rec, **paired_test(_seed_values(kd), _seed_values(indep))})
     cols = keys + ["n_pairs", "seeds", "mean_diff", "diff_half_width", "t", "p_ttest",
                    "wilcoxon_w", "p_wilcoxon", "note"]

@@ -15,8 +15,12 @@ def run_label(meta: dict) -> str:
     mode = meta.get("distill", "none")
     objective = meta.get("objective")
     how = "" if objective in (None, "kd") else f" ({objective})"
+    transfer = meta.get("transfer") or {}
+    if transfer.get("n"):
+        labels = "gold" if transfer.get("gold_labels") else "teacher-labelled"
+        how += f" +{transfer['n']} {transfer.get('source')} inputs ({labels})"
     if mode == "none":
-        return f"{meta['model']} independent"
+        return f"{meta['model']} independent{how}"
     if mode == "self":
         return f"{meta['model']} self-distilled{how}"
     return f"{meta['model']} {mode}-distilled from {meta.get('teacher_model')}{how}"

@@ -354,10 +354,10 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
         check_lm_config(cfg)
     teacher_run, teacher_model, cached = None, None, Outputs(None)
     spec = transfer_mod.spec_of(cfg)
+    transfer_set = transfer_mod.build(spec, data)  # before any (teacher) training: bad sources fail fast
     if mode in ("self", "cross"):
         teacher_run = ensure_teacher(cfg, data)
         teacher_model = load_model(teacher_run, data)
-    transfer_set = transfer_mod.build(spec, data)
     fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=mode != "none")
     if teacher_run is not None and cfg.distill.teacher_outputs == "cached" and not is_lm(data):  # LM: see biaskd.modules.lm
         cached = teacher_cache(teacher_run, teacher_model, data, features=objective_class(cfg.distill).needs_features,
