@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -203,3 +204,29 @@ def test_linzen_heldout_pool_is_disjoint_recorded_and_reproducible():
     assert not np.array_equal(T.build(T.TransferSpec("heldout", 5000, seed=2), data).ids, split.ids)
     everything = T.build(T.TransferSpec("heldout"), data)
     assert len(everything) > 0.97 * len(data.pool)  # only inputs equal to an eval input are dropped
+
+
+# -- analysis ---------------------------------------------------------------------------------------
+def test_transfer_sweep_report_from_real_tiny_runs(compose_tiny, tmp_path):
+    from analysis import transfer_sets
+
+    runs = {}
+    for seed in (1, 2):
+        for distill in ("none", "cross"):
+            for size in (0, 100):
+                runs[distill, size, seed] = train(compose_tiny(f"distill={distill}", "transfer=augment",
+                                                               f"transfer.size={size}", f"seed={seed}"))
+    path = transfer_sets.write([tmp_path / "runs" / "default"], tmp_path / "out")
+    long = pd.read_csv(path.parent / "transfer_sets.csv")
+    acc = {k: json.loads((r / "metrics.json").read_text())["splits"]["shifted"]["accuracy"] for k, r in runs.items()}
+    # the headline (mean OOD accuracy = the toy task's one OOD split) is the mean over seeds
+    cell = long[(long["condition"] == "distilled from cnn_small") & (long["transfer_n"] == 100)
+                & (long["split"] == "ood_mean")]
+    assert cell["mean"].item() == pytest.approx((acc["cross", 100, 1] + acc["cross", 100, 2]) / 2)
+    assert cell["n"].item() == 2
+    paired = pd.read_csv(path.parent / "transfer_sets_paired.csv")
+    row = paired[(paired["transfer_n"] == 100) & (paired["split"] == "ood_mean")]
+    expected = np.mean([acc["cross", 100, s] - acc["none", 100, s] for s in (1, 2)])  # vs the control
+    assert row["mean_diff"].item() == pytest.approx(expected)
+    assert (path.parent / "transfer_sets.png").stat().st_size > 0
+    assert "N=100" in path.read_text()

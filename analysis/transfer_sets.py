@@ -1,0 +1,168 @@
+"""Transfer-set sweeps: out-of-distribution accuracy against the number of transfer inputs.
+
+    python -m analysis.transfer_sets RUNS... --out DIR [--scenario vision|language]
+
+RUNS are run dirs or sweep folders (e.g. ``runs/sva_transfer``; teachers are found through
+the students). For every condition — the independent student (with transfer inputs: the
+control, trained on them with gold labels), the self-distilled student, and each
+cross-architecture distilled student — and every transfer-set size, it reports mean ± 95% CI
+over seeds of the headline metric (vision: mean OOD accuracy; language: A-accuracy, the mean
+over ``attractors_k``) and of each component split, and, paired by seed, the difference
+between each distilled student and the control of the same size. Writes
+``DIR/transfer_sets.md``, ``transfer_sets.csv`` (long form), ``transfer_sets_paired.csv`` and
+``transfer_sets.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from analysis import tables
+from analysis.reference import A_MEAN, OOD_MEAN, load_scenario
+from analysis.report import markdown_table
+
+
+def condition(row) -> str:
+    if row["role"] == "teacher":
+        return f"teacher ({row['model']})"
+    if row["distill"] == "none":
+        return "independent (control: gold labels)"
+    if row["distill"] == "self":
+        return "self-distilled"
+    return f"distilled from {row['teacher_model']}"
+
+
+def sweep_frame(paths: Sequence[str | Path], scenario: str | None = None) -> tuple[pd.DataFrame, str, str]:
+    """Accuracy rows (run × split, derived splits included) with ``condition`` and
+    ``transfer_n``; the scenario and its headline split."""
+    if scenario is None:
+        from analysis.runs import find_runs
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # load_scenario reports incomplete runs
+            found = find_runs(*paths)
+        scenario = "vision" if any(r.task.startswith(("mnist", "toy")) for r in found) else "language"
+    sc = load_scenario(scenario, paths)
+    if sc.frame is None or not len(sc.frame):
+        raise SystemExit(f"no complete runs under {', '.join(map(str, paths))}")
+    frame = sc.frame[sc.frame["metric"] == "accuracy"].copy()
+    frame["condition"] = frame.apply(condition, axis=1)
+    headline = OOD_MEAN if scenario == "vision" else A_MEAN
+    return frame, scenario, headline
+
+
+def size_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Long form: condition × transfer_n × split → mean, half-width, n (seeds)."""
+    rows = []
+    for (cond, size, split), g in frame.groupby(["condition", "transfer_n", "split"], sort=True):
+        ci = tables.mean_ci(g.groupby("seed")["value"].mean())
+        rows.append({"condition": cond, "transfer_n": int(size), "split": split, "mean": ci["mean"],
+                     "half_width": ci["half_width"], "n": ci["n"]})
+    return pd.DataFrame(rows, columns=["condition", "transfer_n", "split", "mean", "half_width", "n"])
+
+
+def paired_vs_control(frame: pd.DataFrame, splits: Sequence[str]) -> pd.DataFrame:
+    """Each distilled student minus the control of the same transfer size, paired by seed."""
+    students = frame[frame["role"] != "teacher"]
+    rows = []
+    for (cond, size, split), g in students.groupby(["condition", "transfer_n", "split"], sort=True):
+        if split not in splits or cond.startswith("independent"):
+            continue
+        control = students[(students["condition"].str.startswith("independent")) & (students["transfer_n"] == size)
+                           & (students["split"] == split)]
+        test = tables.paired_test(g.groupby("seed")["value"].mean(), control.groupby("seed")["value"].mean())
+        rows.append({"condition": cond, "transfer_n": int(size), "split": split, **test})
+    return pd.DataFrame(rows)
+
+
+def pivot(long: pd.DataFrame, split: str) -> pd.DataFrame:
+    part = long[long["split"] == split].copy()
+    part["cell"] = [tables.format_mean_ci(m, h, n) for m, h, n in zip(part["mean"], part["half_width"], part["n"])]
+    out = part.pivot(index="condition", columns="transfer_n", values="cell").fillna("–")
+    out.columns = [f"N={c}" for c in out.columns]
+    return out.reset_index()
+
+
+def plot(long: pd.DataFrame, split: str, ylabel: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    part = long[long["split"] == split]
+    students = part[~part["condition"].str.startswith("teacher")]
+    conditions = sorted(students["condition"].unique())
+    colors = dict(zip(conditions, sns.color_palette("tab10", n_colors=max(1, len(conditions)))))
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    for cond in conditions:
+        g = students[students["condition"] == cond].sort_values("transfer_n")
+        ax.errorbar(g["transfer_n"], g["mean"], yerr=g["half_width"].fillna(0), marker="o", capsize=3,
+                    label=cond, color=colors[cond])
+    for i, (cond, g) in enumerate(part[part["condition"].str.startswith("teacher")].groupby("condition")):
+        ax.axhline(g["mean"].mean(), ls="--", lw=1, color=sns.color_palette("Greys", 3)[2 - i % 2], label=cond)
+    ax.set_xlabel("transfer inputs beyond the training set")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="best")
+    sns.despine(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def write(paths: Sequence[str | Path], out: str | Path, scenario: str | None = None) -> Path:
+    frame, scenario, headline = sweep_frame(paths, scenario)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    long = size_table(frame)
+    long.to_csv(out / "transfer_sets.csv", index=False)
+    # vision: the OOD families (a family with a severity sweep by its mean); language: attractors_k
+    splits = set(long["split"])
+    if scenario == "vision":
+        components = sorted(s for s in splits if s.endswith("_mean") and s != headline)
+        components += sorted(s for s in splits if s not in ("test", headline) and not s.endswith("_mean")
+                             and not any(s.startswith(c[: -len("_mean")] + "_s") for c in components))
+    else:
+        components = sorted(s for s in splits if s.startswith("attractors_") and s != headline)
+    paired = paired_vs_control(frame, [headline, *components, "test"])
+    paired.to_csv(out / "transfer_sets_paired.csv", index=False)
+    name = "mean OOD accuracy" if scenario == "vision" else "A-accuracy (mean over attractors_k)"
+    plot(long, headline, name, out / "transfer_sets.png")
+    lines = [f"# Transfer-set sweep ({scenario})", "",
+             f"Runs: {', '.join(f'`{p}`' for p in paths)}. Mean ± 95% CI over seeds (n = seeds); "
+             "N = transfer inputs beyond the training set; the independent student at N > 0 is the "
+             "control trained on the same inputs with their gold labels.", "",
+             f"## {name}", "", markdown_table(pivot(long, headline)), "",
+             "![accuracy against transfer-set size](transfer_sets.png)", "",
+             f"## Distilled minus control at the same N ({name}, paired by seed)", ""]
+    head = paired[paired["split"] == headline] if len(paired) else paired
+    if len(head):
+        cols = ["condition", "transfer_n", "n_pairs", "mean_diff", "diff_half_width", "p_ttest", "note"]
+        lines += [markdown_table(head[cols]), ""]
+    else:
+        lines += ["No distilled runs with a matching control.", ""]
+    for split in [*components, "test"]:
+        if split in set(long["split"]):
+            lines += [f"## `{split}` accuracy", "", markdown_table(pivot(long, split)), ""]
+    path = out / "transfer_sets.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.transfer_sets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run dirs or sweep folders")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--scenario", choices=("vision", "language"), default=None)
+    args = parser.parse_args(argv)
+    print(write(args.runs, args.out, args.scenario))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
