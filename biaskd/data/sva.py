@@ -24,6 +24,10 @@ Sources of :class:`SVAData`
     attractors and homogeneous intervention (its README), distance unknown (−1).
     Note: Linzen's own training set (numpred.train, ~140k) is not available here, so this
     protocol trains on ~12.6k dependencies.
+    ``transfer_pool={files: [1, 2], fraction: f}`` reserves a seeded fraction f of the listed
+    ``numpred.test.k`` files (whole prefixes, seed ``split_seed + 1000 + k``) as unlabelled
+    transfer inputs (:mod:`biaskd.data.transfer`, source ``heldout``) and evaluates
+    ``attractors_k`` on the rest; eval ids stay 0-based line numbers of the file.
 ``linzen_tsv`` — ``agr_50_mostcommon_10K.tsv[.gz]`` in ``data_dir`` (or ``tsv_path``)
     Linzen's 9 % / 1 % / 90 % train/valid/test partition (``tsv_fractions``), seeded, grouped
     by prefix as above; eval splits ``test`` (at most ``max_eval`` examples, seeded subsample)
