@@ -11,6 +11,10 @@ Training
     vocabulary) do not fit the "compute once, look up by index" cache, and a top-k cache would
     change the objective. A ``cached`` request therefore runs as ``forward`` (logged), which
     gives the same loss; the teacher forward is one extra inference pass per step.
+    Sequence-level KD (``distill=seqkd``, :mod:`biaskd.modules.seqkd`) trains with plain
+    next-token cross-entropy on a split of teacher-generated sentences built once before
+    training; when it also holds the gold sentences (α < 1), the rows are weighted by α and
+    1 − α (``sources``).
 
 Evaluation
     The LM is right on an agreement example when it gives the correct verb form (or number
@@ -42,6 +46,7 @@ from biaskd.errors import ConfigError
 from biaskd.losses import cross_entropy, kd_loss
 from biaskd.modules.classifier import ClassifierModule
 from biaskd.modules.distill import TeacherMixin
+from biaskd.modules.seqkd import is_sequence_level, shares_of, uses_gold
 
 log = logging.getLogger("biaskd")
 
@@ -169,6 +174,11 @@ class LMModule(TeacherMixin, ClassifierModule):
     batch) or ``online`` (the teacher learns the LM objective alongside and the student learns
     from its detached outputs). ``valid_verbs`` (the valid split's :class:`VerbTargets`) adds
     ``valid/acc``, the agreement accuracy, to the validation log.
+
+    ``sources`` and ``shares`` (no teacher; sequence-level KD on a split of teacher and gold
+    sentences): per training row, 1 = teacher sequence, 0 = gold sentence, and the row's share of
+    its sentence. The loss is then :func:`mixture_nll`, α (and its schedule) weighing teacher
+    rows against gold rows.
     """
 
     def __init__(
@@ -182,15 +192,24 @@ class LMModule(TeacherMixin, ClassifierModule):
         alpha_schedule: str = "constant",
         final_alpha: float = 0.0,
         valid_verbs: VerbTargets | None = None,
+        sources: torch.Tensor | None = None,
+        shares: torch.Tensor | None = None,
         **optim,
     ) -> None:
         super().__init__(model, **optim)
         if teacher is not None and teacher_outputs not in LM_TEACHER_OUTPUTS:
             raise ConfigError(f"LM distillation: teacher_outputs must be one of {LM_TEACHER_OUTPUTS}, got {teacher_outputs!r}")
+        if teacher is not None and sources is not None:
+            raise ValueError("sources (sequence-level KD) and a teacher (word-level KD) exclude each other")
         self.teacher_outputs = teacher_outputs if teacher is not None else None
         self.init_teacher(teacher, self.teacher_outputs)
         self.init_schedule(alpha, temperature, t_squared, alpha_schedule, final_alpha)
         self.valid_verbs = valid_verbs
+        # lookup tables by training-row index, like cached teacher logits: not module state
+        self._sources = torch.as_tensor(sources, dtype=torch.long) if sources is not None else None
+        if sources is not None and shares is None:
+            shares = torch.ones(len(self._sources))
+        self._shares = torch.as_tensor(shares, dtype=torch.float32) if sources is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_logits(x)
@@ -209,7 +228,12 @@ class LMModule(TeacherMixin, ClassifierModule):
         inputs, targets, mask = shift(batch["x"])
         logits = self.model.lm_logits(inputs)
         n = int(mask.sum())
-        if self.teacher_outputs is None:
+        if self.teacher_outputs is None and self._sources is not None:
+            idx = batch["idx"]
+            if self._sources.device != idx.device:
+                self._sources, self._shares = self._sources.to(idx.device), self._shares.to(idx.device)
+            loss = mixture_nll(logits, targets, mask, self._sources[idx], self.current_alpha(), self._shares[idx])
+        elif self.teacher_outputs is None:
             loss = cross_entropy(logits, targets, mask)
         elif self.teacher_outputs == "forward":
             loss = self.distill_loss(logits, self.frozen_teacher_logits(inputs), targets, mask)
@@ -241,19 +265,63 @@ class LMModule(TeacherMixin, ClassifierModule):
         return self.model.parameters()
 
 
+def mixture_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, sources: torch.Tensor,
+                alpha: float, shares: torch.Tensor | None = None) -> torch.Tensor:
+    """Sequence-level KD's α mix of teacher and gold sentences (Kim & Rush 2016),
+    ``Σ_r w_r · NLL_r / Σ_r s_r · n_r`` over the batch's rows r: NLL_r the row's summed
+    next-token NLL, n_r its target tokens, ``w_r`` = α for a teacher row (``sources`` 1) and
+    1 − α for a gold row (0), ``s_r`` (``shares``, default 1) the row's share of its sentence:
+    ½ when the sentence has a teacher and a gold row, 1 when it has one row. For paired rows of
+    equal token counts this is ``α·mean NLL(teacher) + (1 − α)·mean NLL(gold)`` per token; at
+    α = ½ the plain token mean. An input without gold label has only its teacher row, weighted α
+    (as the CE term of word-level KD skips it)."""
+    token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+    weights = torch.where(sources == 1, alpha, 1.0 - alpha).to(token_nll.dtype)
+    shares = torch.ones_like(weights) if shares is None else shares.to(token_nll.dtype)
+    tokens = (mask.sum(1).to(token_nll.dtype) * shares).sum()
+    return (token_nll.masked_fill(~mask, 0.0) * weights[:, None]).sum() / tokens.clamp_min(1e-12)
+
+
 def check_lm_config(cfg) -> None:
     """Raise ConfigError for what the LM setup cannot run (checked before any training)."""
     objective = cfg.distill.get("objective") or "kd"
-    if cfg.distill.mode != "none" and objective != "kd":
-        raise ConfigError(f"distill.objective={objective!r}: the LM setup supports word-level KD (objective=kd) only")
+    if cfg.distill.mode == "none":
+        return
+    if objective not in ("kd", "seqkd"):
+        raise ConfigError(f"distill.objective={objective!r}: the LM setup supports word-level KD (objective=kd) "
+                          f"and sequence-level KD (objective=seqkd) only")
+    if objective == "seqkd" and cfg.distill.mode == "online":
+        raise ConfigError("distill.objective=seqkd with distill.mode=online: sequence-level KD trains on sentences a "
+                          "trained teacher generates before the student starts; use distill.mode=cross or self")
 
 
-def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, **optim) -> LMModule:
-    """The :class:`LMModule` a run config asks for (``distill.mode`` none/self/cross/online)."""
+def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, fit: Split | None = None,
+              **optim) -> LMModule:
+    """The :class:`LMModule` a run config asks for (``distill.mode`` none/self/cross/online).
+
+    Sequence-level KD (``distill.objective=seqkd``) needs ``fit``, the training split
+    :func:`biaskd.modules.seqkd.sequence_level_split` built (the student trains on it instead of
+    ``data.train``); the student is then trained without a teacher, on next-token CE."""
     check_lm_config(cfg)
     valid_verbs = VerbTargets.of(data.valid)
     if cfg.distill.mode == "none":
         return LMModule(model, valid_verbs=valid_verbs, **optim)
+    if is_sequence_level(cfg.distill):
+        if fit is None:
+            raise ValueError("sequence-level KD trains on the split sequence_level_split() builds; "
+                             "pass it as lm_module(..., fit=...) and train on it")
+        shares = shares_of(fit, cfg.distill)  # checks that fit was built for this alpha
+        mixed = uses_gold(cfg.distill)  # else: plain next-token CE on the teacher's sentences
+        return LMModule(
+            model,
+            alpha=float(cfg.distill.alpha),
+            alpha_schedule=cfg.distill.alpha_schedule,
+            final_alpha=float(cfg.distill.final_alpha),
+            valid_verbs=valid_verbs,
+            sources=torch.as_tensor(np.asarray(fit.meta["source"]), dtype=torch.long) if mixed else None,
+            shares=shares if mixed else None,
+            **optim,
+        )
     teacher_outputs = cfg.distill.teacher_outputs
     if teacher_outputs == "cached":
         log.info("LM setup: per-token teacher logits are not cached (n x L x vocab); "

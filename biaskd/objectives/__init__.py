@@ -41,6 +41,20 @@ compares — of student (s) and teacher (t). All terms are batch means:
 student's features and logits come from one forward (``model.features_and_logits``);
 ``kd`` and ``logits_mse`` keep the plain ``model(x)`` step.
 
+``seqkd`` — sequence-level KD, Kim & Rush 2016, "Sequence-level knowledge distillation"; the LM
+    setup only (``task.setup=lm``; a ConfigError elsewhere). Not a term on the batch's outputs:
+    the student learns next-token cross-entropy on sentences the teacher *generates* (beam search
+    of width ``distill.seqkd.beam_width``, 1 = greedy) from a prompt of each training sentence
+    (``prompt=verb``: the tokens before the verb; ``verb=candidates``: at the verb position
+    only the sentence's two verb forms, so the teacher decides the number). With ŷ the teacher's
+    sentence — its best beam candidate (``mix=teacher``, Seq-KD) or the candidate closest to the
+    gold sentence y by smoothed sentence BLEU (``mix=interpolate``, Seq-Inter) — the loss per
+    training sentence is ``α · NLL(ŷ) + (1 − α) · NLL(y)``: Kim & Rush's mixture of teacher and
+    gold data with its mode approximation; at α = 1 (default) the student never sees the gold
+    sentences. No zero-loss identity holds (a student equal to its teacher keeps the teacher's
+    own NLL of its sentences). Details, batching of the mix and the cache:
+    :mod:`biaskd.modules.seqkd`.
+
 Adding an objective = one file with an :class:`Objective` subclass + one line in ``OBJECTIVES``.
 """
 from __future__ import annotations
@@ -48,6 +62,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from biaskd.errors import ConfigError
@@ -56,8 +72,11 @@ from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
 from biaskd.objectives.logits_mse import LogitsMSE
 from biaskd.objectives.relation import Relation
+from biaskd.objectives.seqkd import SequenceLevelKD, not_lm_message
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation)}
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation, SequenceLevelKD)
+}
 
 __all__ = ["OBJECTIVES", "Objective", "Outputs", "build_objective", "check_config", "features_and_logits",
            "mix", "objective_class", "objective_options"]
@@ -79,6 +98,10 @@ def check_config(distill: Mapping[str, Any]) -> None:
     if options is not None and not isinstance(options, Mapping):
         raise ConfigError(f"config key 'distill.{cls.name}' must be a mapping of options, got {options!r}")
     cls.check_options(options or {}, f"distill.{cls.name}")
+    if getattr(cls, "lm_only", False):
+        setup = _task_setup(distill)
+        if setup is not None and setup != "lm":
+            raise ConfigError(not_lm_message(setup))
     if not cls.trains_logits:
         alpha = distill.get("alpha", 1.0)
         final = alpha if distill.get("alpha_schedule", "constant") == "constant" else distill.get("final_alpha", 0.0)
@@ -87,6 +110,18 @@ def check_config(distill: Mapping[str, Any]) -> None:
                 f"config key 'distill.alpha' must be < 1 for objective {cls.name!r}: its term does not reach the "
                 f"classifier head, which only the (1 - alpha) cross-entropy term trains"
             )
+
+
+def _task_setup(distill: Mapping[str, Any]) -> str | None:
+    """The ``task.setup`` of the run config ``distill`` belongs to (``classification`` when the task
+    has none), or None for a detached ``distill`` mapping."""
+    if not isinstance(distill, DictConfig):
+        return None
+    try:
+        task = OmegaConf.select(distill, "..task", default=None)
+    except OmegaConfBaseException:  # no parent config
+        return None
+    return None if task is None else str(task.get("setup") or "classification")
 
 
 def build_objective(distill: Mapping[str, Any], student: nn.Module, teacher: nn.Module | None = None) -> Objective:
