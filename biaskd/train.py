@@ -35,6 +35,7 @@ from biaskd.modules.callbacks import AtomicCheckpointIO, FiniteLossGuard, Traini
 from biaskd.modules.classifier import ClassifierModule
 from biaskd.modules.distill import DistillModule
 from biaskd.modules.lm import check_lm_config, is_lm, lm_module, lm_scores, verb_prefix
+from biaskd.modules.seqkd import is_sequence_level, sequence_level_split
 from biaskd.objectives import Outputs, build_objective, features_and_logits, objective_class, objective_options
 
 log = logging.getLogger("biaskd")
@@ -359,6 +360,9 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
         teacher_run = ensure_teacher(cfg, data)
         teacher_model = load_model(teacher_run, data)
     fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=mode != "none")
+    if is_lm(data) and is_sequence_level(cfg.distill):  # the student trains on the teacher's sentences
+        fit = sequence_level_split(OmegaConf.to_container(cfg.distill, resolve=True), fit, teacher_model,
+                                   cache_dir=teacher_run / "teacher_cache")
     if teacher_run is not None and cfg.distill.teacher_outputs == "cached" and not is_lm(data):  # LM: see biaskd.modules.lm
         cached = teacher_cache(teacher_run, teacher_model, data, features=objective_class(cfg.distill).needs_features,
                                split=fit)
@@ -384,7 +388,7 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     # optional torch.compile of the student's step; `model` stays the plain module that is saved
     net = torch.compile(model) if cfg.train.get("compile", False) else model
     if is_lm(data):
-        module: ClassifierModule = lm_module(cfg, net, teacher_model, data, **optim)
+        module: ClassifierModule = lm_module(cfg, net, teacher_model, data, fit=fit, **optim)
     elif mode == "none":
         module = ClassifierModule(net, **optim)
     else:

@@ -234,7 +234,7 @@ def test_teacher_feature_cache_is_added_to_a_logits_cache_and_reused(compose_tin
 
 # -- config -------------------------------------------------------------------------------------------
 def test_objective_registry_and_config_validation(compose_tiny):
-    assert set(OBJECTIVES) == {"kd", "logits_mse", "hints", "relation"}
+    assert set(OBJECTIVES) == {"kd", "logits_mse", "hints", "relation", "seqkd"}
     for name in ("cross", "logits_mse", "hints", "relation"):
         config_mod.validate(compose_tiny(f"distill={name}"))
     with pytest.raises(ConfigError, match="distill.objective") as err:

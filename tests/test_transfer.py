@@ -230,3 +230,18 @@ def test_transfer_sweep_report_from_real_tiny_runs(compose_tiny, tmp_path):
     assert row["mean_diff"].item() == pytest.approx(expected)
     assert (path.parent / "transfer_sets.png").stat().st_size > 0
     assert "N=100" in path.read_text()
+
+
+def test_language_classification_and_lm_students_on_grammar_transfer_sets(compose_tiny):
+    from test_lm import TINY_LM
+
+    grammar = TINY_LM[:9]  # the tiny grammar task, without the LM models
+    cls = train(compose_tiny(*grammar, "task.setup=classification", "model=lstm", "model.d_model=16",
+                             "model@teacher.model=lstm", "teacher.model.d_model=24", "distill=cross",
+                             "transfer=grammar", "transfer.size=80", "transfer.max_depth=3"))
+    meta = json.loads((cls / "meta.json").read_text())
+    assert meta["transfer"]["n"] == 80 and meta["transfer"]["n_fit"] == 240 + 80
+    assert set(load_npz(cls / "transfer.npz")["depth"].tolist()) <= {0, 1, 2, 3}
+    lm = train(compose_tiny(*TINY_LM, "distill=cross", "transfer=grammar", "transfer.size=80"))
+    assert json.loads((lm / "meta.json").read_text())["transfer"]["n_fit"] == 240 + 80
+    assert (lm / "COMPLETE").exists()
