@@ -32,6 +32,39 @@ def _mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def teacher_log_probs(teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log softmax(z_t / T)`` over the class axis, in float32: all the KD loss reads of the
+    teacher. It does not depend on the student, so for cached teacher outputs a table of it is
+    computed once instead of on every step (see :func:`kd_loss_from_log_probs`)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    t = teacher_logits.float()
+    return F.log_softmax(t if temperature == 1 else t / temperature, dim=-1)
+
+
+def _weighted_kl(
+    student_logits: torch.Tensor,
+    log_p: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None,
+    weight: float,
+) -> torch.Tensor:
+    """``weight`` × the mean over examples (or unmasked positions) of KL(p ‖ softmax(z_s/T)),
+    given ``log_p = log p``: the KL of each row is Σ_c p_c (log p_c − log q_c), as in
+    DESIGN.md; ``F.kl_div(log_q, log_p, log_target=True)`` computes exactly these terms in one
+    call, and without a mask the batch mean and the weight are one multiplication."""
+    s, m = _flatten(student_logits, mask)
+    log_p, _ = _flatten(log_p, None)
+    if s.shape != log_p.shape:
+        raise ValueError(f"student logits {tuple(s.shape)} and teacher logits {tuple(log_p.shape)} differ in shape")
+    s = s.float()
+    log_q = F.log_softmax(s if temperature == 1 else s / temperature, dim=-1)
+    if m is None:
+        return F.kl_div(log_q, log_p, reduction="sum", log_target=True) * (weight / len(s))
+    per_example = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+    return _mean(per_example, m) * weight
+
+
 def soft_target_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -39,14 +72,7 @@ def soft_target_kl(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over examples of KL(softmax(z_t/T) ‖ softmax(z_s/T)) (no T² factor)."""
-    s, m = _flatten(student_logits, mask)
-    t, _ = _flatten(teacher_logits, None)
-    if s.shape != t.shape:
-        raise ValueError(f"student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ in shape")
-    log_q = F.log_softmax(s.float() / temperature, dim=-1)
-    log_p = F.log_softmax(t.float() / temperature, dim=-1)
-    per_example = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return _mean(per_example, m)
+    return _weighted_kl(student_logits, teacher_log_probs(teacher_logits, temperature), temperature, mask, 1.0)
 
 
 def cross_entropy(
@@ -64,6 +90,13 @@ def cross_entropy(
     return _mean(per_example, labelled if m is None else m & labelled)
 
 
+def _check_kd(temperature: float, alpha: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -79,16 +112,36 @@ def kd_loss(
     transfer inputs). ``mask`` (same leading shape as the logits without the class axis) selects
     the positions that count, for sequence outputs.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_kd(temperature, alpha)
+    log_p = teacher_log_probs(teacher_logits, temperature) if alpha > 0 else teacher_logits
+    return kd_loss_from_log_probs(student_logits, log_p, labels, temperature, alpha, t_squared, mask)
+
+
+def kd_loss_from_log_probs(
+    student_logits: torch.Tensor,
+    teacher_log_p: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    t_squared: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`kd_loss` given the teacher's side as ``teacher_log_p = teacher_log_probs(z_t, T)``:
+    ``kd_loss(z_s, z_t, ...) == kd_loss_from_log_probs(z_s, teacher_log_probs(z_t, T), ...)``.
+
+    For offline KD the teacher's log-probabilities are a constant table, so only the student's
+    side is computed per step. A term whose weight is 0 is not computed (α = 1 reads no labels).
+    """
+    _check_kd(temperature, alpha)
     scale = temperature**2 if t_squared else 1.0
-    loss = student_logits.new_zeros((), dtype=torch.float32)
+    loss = None
     if alpha > 0:
-        loss = loss + alpha * scale * soft_target_kl(student_logits, teacher_logits, temperature, mask)
+        loss = _weighted_kl(student_logits, teacher_log_p, temperature, mask, alpha * scale)
     if alpha < 1:
         if labels is None:
             raise ValueError("kd_loss needs labels when alpha < 1 (the CE term has weight 1 - alpha)")
-        loss = loss + (1 - alpha) * cross_entropy(student_logits, labels, mask)
+        ce = cross_entropy(student_logits, labels, mask)
+        if loss is None:
+            return ce if alpha == 0 else (1 - alpha) * ce
+        loss = loss + (1 - alpha) * ce
     return loss

@@ -106,6 +106,9 @@ class DistillModule(TeacherMixin, ClassifierModule):
         self.teacher_outputs = teacher_outputs
         # cached outputs are a constant lookup table, not module state: keep them out of checkpoints
         self._teacher_logits = teacher_logits
+        # soft targets read only log softmax(z_t / T) of a cached teacher: a table of it, made on first use
+        self._teacher_log_p: torch.Tensor | None = None
+        self._teacher_log_p_of: tuple = (None, None)  # (the logits table, T) it was made from
         self._teacher_features = teacher_features if self.objective.needs_features else None
         self.init_teacher(teacher, teacher_outputs)
         self.init_schedule(alpha, temperature, t_squared, alpha_schedule, final_alpha)
@@ -137,9 +140,27 @@ class DistillModule(TeacherMixin, ClassifierModule):
             return Outputs(logits, features)
         raise AssertionError("online outputs are computed in loss_step")
 
+    def teacher_log_probs_for(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cached soft targets: rows of the table ``log softmax(z_t / T)`` over the training set,
+        computed once (per logits table, device and T) so that a step does not renormalise the
+        teacher's logits."""
+        idx = batch["idx"]
+        table = self._teacher_log_p
+        if (table is None or table.device != idx.device or self._teacher_log_p_of[0] is not self._teacher_logits
+                or self._teacher_log_p_of[1] != self.objective.temperature):
+            if self._teacher_logits.device != idx.device:
+                self._teacher_logits = self._teacher_logits.to(idx.device)
+            with torch.no_grad():
+                table = self._teacher_log_p = self.objective.teacher_log_probs(self._teacher_logits)
+            self._teacher_log_p_of = (self._teacher_logits, self.objective.temperature)
+        return table[idx]
+
     # -- the student's side ------------------------------------------------------------------------
     def compute_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # objectives without features: ClassifierModule's plain step plus a table lookup
+        if self.teacher_outputs == "cached" and isinstance(self.objective, SoftTargets):
+            return self.objective.from_log_probs(logits, self.teacher_log_probs_for(batch), batch.get("y"),
+                                                 self.current_alpha())
         return self.objective(Outputs(logits), Outputs(self.teacher_logits_for(batch)), batch.get("y"),
                               self.current_alpha())
 

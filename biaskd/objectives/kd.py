@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from biaskd.losses import kd_loss, soft_target_kl
+from biaskd.losses import kd_loss, kd_loss_from_log_probs, soft_target_kl, teacher_log_probs
 from biaskd.objectives.base import Objective, Outputs
 
 
@@ -29,6 +29,17 @@ class SoftTargets(Objective):
         # kd_loss itself, so that the default objective is DESIGN.md's definition to the bit
         return kd_loss(student.logits, teacher.logits, labels, temperature=self.temperature, alpha=alpha,
                        t_squared=self.t_squared)
+
+    # -- offline KD: the teacher's side is a constant table -------------------------------------
+    def teacher_log_probs(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """``log softmax(z_t / T)``: all this objective reads of the teacher (cacheable)."""
+        return teacher_log_probs(teacher_logits, self.temperature)
+
+    def from_log_probs(self, student_logits: torch.Tensor, teacher_log_p: torch.Tensor,
+                       labels: torch.Tensor | None, alpha: float) -> torch.Tensor:
+        """``forward`` given ``teacher_log_probs(z_t)`` instead of ``z_t``: the same loss and gradient."""
+        return kd_loss_from_log_probs(student_logits, teacher_log_p, labels, temperature=self.temperature,
+                                      alpha=alpha, t_squared=self.t_squared)
 
     @classmethod
     def from_config(cls, distill: Mapping[str, Any], student_dim: int | None, teacher_dim: int | None) -> "SoftTargets":
