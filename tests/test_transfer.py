@@ -19,9 +19,7 @@ from biaskd.errors import ConfigError
 from biaskd.losses import UNLABELLED
 from biaskd.train import build_data, train
 
-from conftest import SHARED_DATA
-
-LINZEN = SHARED_DATA / "linzen"
+LINZEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "linzen"
 
 
 def _eval_hashes(data) -> set[str]:
