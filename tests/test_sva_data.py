@@ -5,7 +5,6 @@ import csv
 import gzip
 import hashlib
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +82,7 @@ def test_numpred_gzip(tmp_path):
 
 @needs_linzen
 def test_numpred_real_files():
-    t0 = time.perf_counter()
     ex = read_numpred(LINZEN / "numpred.test.1", attractors=1)
-    assert time.perf_counter() - t0 < 3.0  # ~0.3 s on a laptop
     assert len(ex) == 52599
     four = read_numpred(LINZEN / "numpred.test.4", attractors=4)
     assert len(four) == 561 and sum(e.label for e in four) == 523  # 523 VBP, 38 VBZ

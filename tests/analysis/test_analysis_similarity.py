@@ -1,5 +1,4 @@
 import math
-import time
 import tracemalloc
 
 import numpy as np
@@ -72,16 +71,6 @@ def test_linear_cka_never_forms_an_n_by_n_matrix():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 16e6
-
-
-def test_linear_cka_is_fast_at_n10000_d512():
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((10_000, 512)).astype(np.float32)
-    Y = rng.standard_normal((10_000, 512)).astype(np.float32)
-    t0 = time.perf_counter()
-    linear_cka(X, Y)
-    # ~0.2 s measured on 2 cores; the bound leaves room for a loaded machine.
-    assert time.perf_counter() - t0 < 3.0
 
 
 def test_linear_cka_rejects_mismatched_examples():
