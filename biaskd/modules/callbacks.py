@@ -34,6 +34,7 @@ class TrainingPathRecorder(L.Callback):
         self.run = run
         self.probe = probe
         self.steps = sorted({int(s) for s in steps})
+        self._step_set = frozenset(self.steps)  # checked before every batch
 
     def record(self, model: torch.nn.Module, step: int) -> None:
         model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper saves the plain keys
@@ -45,7 +46,7 @@ class TrainingPathRecorder(L.Callback):
         artifacts.save_npz(feat_path, features=feats, ids=self.probe.ids, step=step)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step in self.steps:
+        if trainer.global_step in self._step_set:
             self.record(pl_module.model, trainer.global_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

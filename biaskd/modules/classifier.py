@@ -10,6 +10,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from biaskd.losses import cross_entropy
@@ -36,6 +39,7 @@ class ClassifierModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
+        self._direct_step = False  # decided per fit in on_train_start
 
     # -- hooks subclasses override -------------------------------------------------------------
     def compute_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -46,11 +50,19 @@ class ClassifierModule(L.LightningModule):
         return self.model(x)
 
     def log_train(self, name: str, value: torch.Tensor, **kw) -> None:
-        """Log a training value only on logging steps: ``self.log`` costs ~0.3 ms a call, as
-        much as a small model's whole step on a CPU, and the logger keeps only these anyway."""
+        """Log a training value only on the steps whose metrics the logger writes.
+
+        ``self.log`` costs ~0.3 ms a call, as much as a small model's whole step on a CPU, and
+        Lightning writes step metrics after steps with ``(step + 1) % log_every_n_steps == 0``;
+        logging on exactly those steps makes the written value the one of the step it is written
+        for. Progress-bar values are requested only when there is a progress bar (Lightning
+        converts them to Python numbers after every step, a device sync on a GPU).
+        """
         trainer = self._trainer
         every = trainer.log_every_n_steps if trainer is not None else 1
-        if self.global_step % max(1, every) == 0:
+        if (self.global_step + 1) % max(1, every) == 0:
+            if kw.get("prog_bar") and trainer is not None and trainer.progress_bar_callback is None:
+                kw["prog_bar"] = False
             self.log(name, value, on_step=True, on_epoch=False, **kw)
 
     def loss_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -60,18 +72,62 @@ class ClassifierModule(L.LightningModule):
         self.log_train("train/loss", loss, prog_bar=True, batch_size=len(batch["y"]))
         return loss
 
+    # hooks that manual_backward / LightningOptimizer.step call around backward and the optimizer step
+    _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+    def _can_step_directly(self) -> bool:
+        """Whether ``loss.backward()`` and the torch optimizer's ``step()`` do all that
+        ``manual_backward`` and ``LightningOptimizer.step`` would: one device, 32-bit or bf16
+        precision (no loss scaling), and no hook around backward or the step in this module or in
+        any callback. Lightning's wrappers then only dispatch empty hooks (~50 µs a step)."""
+        trainer = self._trainer
+        if trainer is None or self._fabric is not None:
+            return False
+        precision = trainer.precision_plugin
+        if not (type(precision) is Precision or (type(precision) is MixedPrecision and precision.scaler is None)):
+            return False
+        if type(trainer.strategy) is not SingleDeviceStrategy:
+            return False
+        if any(is_overridden(hook, self, L.LightningModule) for hook in self._STEP_HOOKS):
+            return False
+        if any(is_overridden(hook, cb, L.Callback) for cb in trainer.callbacks for hook in self._STEP_HOOKS):
+            return False
+        opt = self.optimizers()
+        return not isinstance(opt, list) and all(hasattr(opt, a) for a in ("_on_before_step", "_on_after_step", "optimizer"))
+
+    def on_train_start(self) -> None:
+        self._direct_step = self._can_step_directly()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        loss = self.loss_step(batch, batch_idx)
-        self.manual_backward(loss)
-        if self.grad_clip:
-            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
+        if self._direct_step:
+            # what manual_backward / opt.step() do here, without dispatching hooks nobody implements;
+            # _on_before_step / _on_after_step advance the trainer's step count as opt.step() does
+            opt.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_step(batch, batch_idx)
+            loss.backward()
+            if self.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt._on_before_step()
+            opt.optimizer.step()
+            opt._on_after_step()
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = self.loss_step(batch, batch_idx)
+            self.manual_backward(loss)
+            if self.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
         return loss.detach()
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # batches are flat dicts of tensors; already on the device (a CPU run), there is nothing to move
+        if type(batch) is dict and all(isinstance(v, torch.Tensor) and v.device == device for v in batch.values()):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.model(batch["x"])
