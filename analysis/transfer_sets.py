@@ -99,7 +99,7 @@ def plot(long: pd.DataFrame, split: str, ylabel: str, path: Path) -> None:
     students = part[~part["condition"].str.startswith("teacher")]
     conditions = sorted(students["condition"].unique())
     colors = dict(zip(conditions, sns.color_palette("tab10", n_colors=max(1, len(conditions)))))
-    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    fig, ax = plt.subplots(figsize=(8.4, 3.8))
     for cond in conditions:
         g = students[students["condition"] == cond].sort_values("transfer_n")
         ax.errorbar(g["transfer_n"], g["mean"], yerr=g["half_width"].fillna(0), marker="o", capsize=3,
@@ -108,7 +108,7 @@ def plot(long: pd.DataFrame, split: str, ylabel: str, path: Path) -> None:
         ax.axhline(g["mean"].mean(), ls="--", lw=1, color=sns.color_palette("Greys", 3)[2 - i % 2], label=cond)
     ax.set_xlabel("transfer inputs beyond the training set")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # never over the data
     sns.despine(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
