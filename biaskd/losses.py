@@ -18,8 +18,8 @@ UNLABELLED = -1
 
 
 def _flatten(logits: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    c = logits.shape[-1]
-    flat = logits.reshape(-1, c)
+    # (B, C) as it is: a reshape of a tensor that needs grad adds a view node to every backward
+    flat = logits if logits.dim() == 2 else logits.reshape(-1, logits.shape[-1])
     if mask is not None:
         mask = mask.reshape(-1).to(torch.bool)
     return flat, mask
@@ -57,7 +57,8 @@ def _weighted_kl(
     log_p, _ = _flatten(log_p, None)
     if s.shape != log_p.shape:
         raise ValueError(f"student logits {tuple(s.shape)} and teacher logits {tuple(log_p.shape)} differ in shape")
-    s = s.float()
+    if s.dtype != torch.float32:
+        s = s.float()
     log_q = F.log_softmax(s if temperature == 1 else s / temperature, dim=-1)
     if m is None:
         return F.kl_div(log_q, log_p, reduction="sum", log_target=True) * (weight / len(s))
