@@ -8,7 +8,7 @@ control, trained on them with gold labels), the self-distilled student, and each
 cross-architecture distilled student — and every transfer-set size, it reports mean ± 95% CI
 over seeds of the headline metric (vision: mean OOD accuracy; language: A-accuracy, the mean
 over ``attractors_k``) and of each component split, and, paired by seed, the difference
-between each distilled student and the control of the same size. Writes
+between each distilled student and the control (and the self-distilled student) of the same size. Writes
 ``DIR/transfer_sets.md``, ``transfer_sets.csv`` (long form), ``transfer_sets_paired.csv`` and
 ``transfer_sets.png``.
 """
@@ -31,9 +31,9 @@ def condition(row) -> str:
     if row["role"] == "teacher":
         return f"teacher ({row['model']})"
     if row["distill"] == "none":
-        return "independent (control: gold labels)"
+        return CONTROL
     if row["distill"] == "self":
-        return "self-distilled"
+        return SELF
     return f"distilled from {row['teacher_model']}"
 
 
@@ -66,17 +66,22 @@ def size_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["condition", "transfer_n", "split", "mean", "half_width", "n"])
 
 
-def paired_vs_control(frame: pd.DataFrame, splits: Sequence[str]) -> pd.DataFrame:
-    """Each distilled student minus the control of the same transfer size, paired by seed."""
+CONTROL = "independent (control: gold labels)"
+SELF = "self-distilled"
+
+
+def paired_vs(frame: pd.DataFrame, splits: Sequence[str], reference: str = CONTROL) -> pd.DataFrame:
+    """Each distilled student minus the ``reference`` condition (the control, or the
+    self-distilled student: same extra inputs, a teacher without the bias) of the same
+    transfer size, paired by seed; column ``versus`` names the reference."""
     students = frame[frame["role"] != "teacher"]
     rows = []
     for (cond, size, split), g in students.groupby(["condition", "transfer_n", "split"], sort=True):
-        if split not in splits or cond.startswith("independent"):
+        if split not in splits or cond in (CONTROL, reference):
             continue
-        control = students[(students["condition"].str.startswith("independent")) & (students["transfer_n"] == size)
-                           & (students["split"] == split)]
-        test = tables.paired_test(g.groupby("seed")["value"].mean(), control.groupby("seed")["value"].mean())
-        rows.append({"condition": cond, "transfer_n": int(size), "split": split, **test})
+        ref = students[(students["condition"] == reference) & (students["transfer_n"] == size) & (students["split"] == split)]
+        test = tables.paired_test(g.groupby("seed")["value"].mean(), ref.groupby("seed")["value"].mean())
+        rows.append({"condition": cond, "versus": reference, "transfer_n": int(size), "split": split, **test})
     return pd.DataFrame(rows)
 
 
@@ -129,7 +134,8 @@ def write(paths: Sequence[str | Path], out: str | Path, scenario: str | None = N
                              and not any(s.startswith(c[: -len("_mean")] + "_s") for c in components))
     else:
         components = sorted(s for s in splits if s.startswith("attractors_") and s != headline)
-    paired = paired_vs_control(frame, [headline, *components, "test"])
+    paired = pd.concat([paired_vs(frame, [headline, *components, "test"], ref) for ref in (CONTROL, SELF)],
+                       ignore_index=True)
     paired.to_csv(out / "transfer_sets_paired.csv", index=False)
     name = "mean OOD accuracy" if scenario == "vision" else "A-accuracy (mean over attractors_k)"
     plot(long, headline, name, out / "transfer_sets.png")
@@ -139,13 +145,16 @@ def write(paths: Sequence[str | Path], out: str | Path, scenario: str | None = N
              "control trained on the same inputs with their gold labels.", "",
              f"## {name}", "", markdown_table(pivot(long, headline)), "",
              "![accuracy against transfer-set size](transfer_sets.png)", "",
-             f"## Distilled minus control at the same N ({name}, paired by seed)", ""]
+             f"## Distilled minus control, and minus self-distilled, at the same N ({name}, paired by seed)", "",
+             "Against the control: what teacher labels give instead of gold labels on the same inputs. "
+             "Against the self-distilled student: what this teacher gives beyond a teacher of the "
+             "student's own architecture on the same inputs.", ""]
     head = paired[paired["split"] == headline] if len(paired) else paired
     if len(head):
-        cols = ["condition", "transfer_n", "n_pairs", "mean_diff", "diff_half_width", "p_ttest", "note"]
+        cols = ["condition", "versus", "transfer_n", "n_pairs", "mean_diff", "diff_half_width", "p_ttest", "note"]
         lines += [markdown_table(head[cols]), ""]
     else:
-        lines += ["No distilled runs with a matching control.", ""]
+        lines += ["No distilled runs with a matching reference run.", ""]
     for split in [*components, "test"]:
         if split in set(long["split"]):
             lines += [f"## `{split}` accuracy", "", markdown_table(pivot(long, split)), ""]

@@ -223,7 +223,8 @@ def test_transfer_sweep_report_from_real_tiny_runs(compose_tiny, tmp_path):
     assert cell["mean"].item() == pytest.approx((acc["cross", 100, 1] + acc["cross", 100, 2]) / 2)
     assert cell["n"].item() == 2
     paired = pd.read_csv(path.parent / "transfer_sets_paired.csv")
-    row = paired[(paired["transfer_n"] == 100) & (paired["split"] == "ood_mean")]
+    row = paired[(paired["transfer_n"] == 100) & (paired["split"] == "ood_mean")
+                 & (paired["versus"] == transfer_sets.CONTROL)]
     expected = np.mean([acc["cross", 100, s] - acc["none", 100, s] for s in (1, 2)])  # vs the control
     assert row["mean_diff"].item() == pytest.approx(expected)
     assert (path.parent / "transfer_sets.png").stat().st_size > 0
