@@ -32,9 +32,11 @@ def condition(row) -> str:
         return f"teacher ({row['model']})"
     if row["distill"] == "none":
         return CONTROL
+    objective = row.get("objective")
+    suffix = f" [{objective}]" if isinstance(objective, str) and objective != "kd" else ""
     if row["distill"] == "self":
-        return SELF
-    return f"distilled from {row['teacher_model']}"
+        return SELF + suffix
+    return f"distilled from {row['teacher_model']}{suffix}"
 
 
 def sweep_frame(paths: Sequence[str | Path], scenario: str | None = None) -> tuple[pd.DataFrame, str, str]:
