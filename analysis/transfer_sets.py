@@ -82,6 +82,8 @@ def paired_vs(frame: pd.DataFrame, splits: Sequence[str], reference: str = CONTR
         if split not in splits or cond in (CONTROL, reference):
             continue
         ref = students[(students["condition"] == reference) & (students["transfer_n"] == size) & (students["split"] == split)]
+        if not len(ref):
+            continue
         test = tables.paired_test(g.groupby("seed")["value"].mean(), ref.groupby("seed")["value"].mean())
         rows.append({"condition": cond, "versus": reference, "transfer_n": int(size), "split": split, **test})
     return pd.DataFrame(rows)
