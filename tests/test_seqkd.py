@@ -406,15 +406,9 @@ def test_generated_sequences_are_cached_shared_by_mix_and_recomputed_when_stale(
 
 
 # -- config ----------------------------------------------------------------------------------------------
-TINY_LM = [
-    "task=sva", "task.setup=lm", "task.probe_size=40",
-    "task.grammar.n_train=240", "+task.grammar.n_valid=40", "+task.grammar.n_test=60",
-    "+task.grammar.n_deep=30", "+task.grammar.n_attractors=20", "task.grammar.train_max_depth=2",
-    "+task.grammar.deep_max_depth=3",
-    "model=transformer_seq", "model.d_model=16", "model.nhead=2", "model.num_layers=1",
-    "model.dim_feedforward=32", "model@teacher.model=lstm", "teacher.model.d_model=16",
-    "train.batch_size=32", "train.lr=3e-2", "trainer.max_epochs=2",
-]
+from test_lm import TINY_LM as _LM_RUN  # noqa: E402  (the tiny LM task and models of test_lm)
+
+TINY_LM = [o for o in _LM_RUN if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=2"]
 
 
 def test_seqkd_config_validates_in_the_lm_setup_only(compose_tiny, tmp_path):
