@@ -26,12 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from biaskd import artifacts, config as config_mod
 from biaskd.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
-from biaskd.data.base import PAD_ID, TensorBatches
+from biaskd.data.base import PAD_ID, Split, TensorBatches
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ArtifactError, ConfigError, TrainingError
 from biaskd.metrics import split_metrics
 from biaskd.models import build_model, check_model
-from biaskd.modules.callbacks import AtomicCheckpointIO, FiniteLossGuard, TrainingPathRecorder, batched_features
+from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, ThrottledProgressBar, TrainingPathRecorder,
+                                     batched_features)
 from biaskd.modules.classifier import ClassifierModule
 from biaskd.modules.distill import DistillModule
 from biaskd.modules.lm import check_lm_config, is_lm, lm_module, lm_scores, verb_prefix
@@ -335,6 +336,29 @@ def _loggers(cfg: DictConfig, run: RunDir, meta: dict) -> list:
     return loggers
 
 
+def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, feature_steps: list[int]) -> L.Trainer:
+    """The Trainer of a run: ``tcfg`` (the ``trainer`` config) plus the callbacks every run has:
+    the epoch checkpoint (for resuming), the training-path recorder, the finite-loss guard and,
+    when the bar is enabled, a progress bar that redraws a few times a second, not every step."""
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="last", save_last=False,
+                        save_top_k=1, every_n_epochs=1, enable_version_counter=False),
+        TrainingPathRecorder(run, probe, feature_steps),
+        # on a GPU, checking every step would make every step wait for the device
+        FiniteLossGuard(every=int(tcfg.get("log_every_n_steps", 1) or 1) if tcfg.get("accelerator") != "cpu" else 1),
+    ]
+    if tcfg.get("enable_progress_bar", True):
+        callbacks.append(ThrottledProgressBar())
+    trainer = L.Trainer(**tcfg, default_root_dir=str(run.path), logger=loggers, callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0)
+    if tcfg.get("deterministic"):
+        # deterministic algorithms, without also filling every new tensor with NaN (a debugging aid
+        # for reads of uninitialised memory that torch turns on with them; ~3% of a Transformer's
+        # CPU step, and no op we use reads memory it has not written)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
+
+
 def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     """Train the run ``cfg`` describes (if not already complete) and return its run dir."""
     config_mod.validate(cfg)
@@ -427,19 +451,7 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     probe = verb_prefix(data.probe) if is_lm(data) else data.probe  # LM: features before the verb
     steps = default_feature_steps(total_steps, cfg.train.get("feature_steps"))
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = L.Trainer(
-        **tcfg,
-        default_root_dir=str(run.path),
-        logger=_loggers(cfg, run, meta),
-        callbacks=[
-            ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="last", save_last=False,
-                            save_top_k=1, every_n_epochs=1, enable_version_counter=False),
-            TrainingPathRecorder(run, probe, steps),
-            FiniteLossGuard(every=int(tcfg.get("log_every_n_steps", 1) or 1) if tcfg.get("accelerator") != "cpu" else 1),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0,
-    )
+    trainer = make_trainer(tcfg, run, _loggers(cfg, run, meta), probe, steps)
     start = time.perf_counter()
     ckpt = run.last_checkpoint
     if ckpt is not None:

@@ -108,8 +108,8 @@ def test_logged_train_loss_is_the_loss_of_the_step_it_is_written_for(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     class Recording(ClassifierModule):
-        def training_step(self, batch, batch_idx):
-            loss = super().training_step(batch, batch_idx)
+        def train_on_batch(self, batch, batch_idx):
+            loss = super().train_on_batch(batch, batch_idx)
             self.seen.append(float(loss))
             return loss
 
@@ -138,7 +138,100 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
                                                                       "n": n, "d": d})
     bench.main(["--quick", "--scenarios", "tiny", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "bench.json").read_text())
-    for key in ("kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain"):
+    for key in ("kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain"):
         r = res["benchmarks"][key]["tiny"]
         assert r["ratio"] > 0 and r["a_median"] > 0 and r["b_median"] > 0
     assert "lightning_vs_plain" in (tmp_path / "bench.md").read_text()
+
+
+def test_throttled_progress_bar_redraws_at_most_every_interval_and_on_the_last_batch(monkeypatch):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from biaskd.modules import callbacks
+
+    drawn = []
+    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", lambda self, tr, m, out, b, i: drawn.append(i))
+    monkeypatch.setattr(callbacks.ThrottledProgressBar, "total_train_batches", property(lambda self: 6))
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    bar = callbacks.ThrottledProgressBar(interval=1.0)
+    for i, t in enumerate([0.0, 0.3, 0.9, 1.0, 1.5, 1.6]):
+        clock[0] = t
+        bar.on_train_batch_end(None, None, None, None, i)
+    assert drawn == [0, 3, 5]  # t=0, t=1.0 (an interval later), and batch 6 of 6
+
+
+def test_run_trainer_uses_the_throttled_bar_only_when_the_bar_is_enabled(tmp_path):
+    from biaskd.artifacts import RunDir
+    from biaskd.modules.callbacks import ThrottledProgressBar
+    from biaskd.train import make_trainer
+
+    tcfg = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_model_summary": False}
+    probe = _split(8)
+    on = make_trainer({**tcfg, "enable_progress_bar": True}, RunDir(tmp_path / "a"), False, probe, [])
+    off = make_trainer({**tcfg, "enable_progress_bar": False}, RunDir(tmp_path / "b"), False, probe, [])
+    assert type(on.progress_bar_callback) is ThrottledProgressBar
+    assert off.progress_bar_callback is None
+    assert not any(isinstance(cb, ThrottledProgressBar) for cb in off.callbacks)
+
+
+def test_round_robin_rotates_the_first_contender_and_pairs_ratios_within_rounds():
+    order = []
+    calls = {"a": iter([0, 2.0, 4.0, 6.0]), "b": iter([0, 1.0, 1.0, 2.0])}
+    contenders = {k: (lambda k=k: order.append(k) or next(calls[k])) for k in calls}
+    out = bench.round_robin(contenders, repeats=3)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, round 1, round 2 rotated, round 3
+    assert out == {"a": [2.0, 4.0, 6.0], "b": [1.0, 1.0, 2.0]}
+    r = bench.pair_ratio(out["a"], out["b"])
+    assert r["ratio"] == 3.0  # median of 2, 4, 3
+    assert r["ratio_of_medians"] == 4.0
+
+
+class _PerBatch(ClassifierModule):
+    """The same module on Lightning's per-batch path: the loop fetches, runs the transfer hooks
+    and passes (batch, batch_idx) to training_step."""
+
+    def training_step(self, batch, batch_idx):
+        return self.train_on_batch(batch, batch_idx)
+
+
+def test_dataloader_iter_step_trains_exactly_like_lightnings_per_batch_path():
+    split = _split()
+    torch.manual_seed(0)
+    fast = ClassifierModule(MLP(hidden=(32,)))
+    slow = _PerBatch(MLP(hidden=(32,)))
+    slow.model.load_state_dict(fast.model.state_dict())
+    t_fast, t_slow = _fit(fast, split), _fit(slow, split)
+    assert t_fast.global_step == t_slow.global_step == 2 * 7
+    assert not fast._batch_hooks  # nothing overridden, CPU batches: next_batch skips the hooks
+    for a, b in zip(fast.model.state_dict().values(), slow.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_overridden_batch_transfer_hooks_still_run_on_the_dataloader_iter_step():
+    class Hooked(ClassifierModule):
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            self.before += 1
+            return batch
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            self.after += 1
+            return {**batch, "x": torch.zeros_like(batch["x"])}  # the step must see the hook's batch
+
+    module = Hooked(MLP(hidden=(32,)))
+    module.before = module.after = 0
+    seen = []
+    module.loss_step = lambda batch, i: seen.append(float(batch["x"].abs().sum())) or ClassifierModule.loss_step(
+        module, batch, i)
+    trainer = _fit(module, _split(), epochs=1)
+    assert module._batch_hooks
+    assert module.before == module.after == trainer.global_step == 7
+    assert seen == [0.0] * 7
+
+
+def test_round_robin_warms_up_with_the_short_version_when_given():
+    calls = []
+    out = bench.round_robin({"a": lambda: calls.append("a") or 1.0}, 2,
+                            warmup={"a": lambda: calls.append("a-warm") or 0.0})
+    assert calls == ["a-warm", "a", "a"]
+    assert out == {"a": [1.0, 1.0]}

@@ -1,12 +1,15 @@
 """Lightning callbacks and plugins the training driver attaches to every run."""
 from __future__ import annotations
 
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from biaskd import artifacts
@@ -66,11 +69,37 @@ class FiniteLossGuard(L.Callback):
         if trainer.global_step % self.every:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not bool(torch.isfinite(loss.detach())):
+        if loss is None:
+            return
+        value = float(loss.detach())  # ~0.3 µs on a CPU; torch.isfinite + bool costs ~10 µs
+        if not math.isfinite(value):
             raise TrainingError(
-                f"loss became {float(loss)} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"loss became {value} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
                 "lower the learning rate or check the inputs"
             )
+
+
+class ThrottledProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, redrawn at most every ``interval`` seconds during training (and on
+    an epoch's last batch). Lightning's own bar redraws after every batch (a refresh and a
+    ``set_postfix`` of the logged metrics): about 0.3 ms, as much as a small model's whole CPU step."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        super().__init__()
+        self.interval = float(interval)
+        self._next_draw = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_epoch_start(trainer, *args, **kwargs)
+        self._next_draw = 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        if now < self._next_draw and batch_idx + 1 != self.total_train_batches:
+            return
+        self._next_draw = now + self.interval
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -19,6 +19,11 @@ from biaskd.losses import cross_entropy
 from biaskd.errors import ConfigError
 
 
+def _on_device(batch: Any, device: torch.device) -> bool:
+    """A flat dict of tensors all on ``device`` (what TensorBatches yields on a CPU run)."""
+    return type(batch) is dict and all(isinstance(v, torch.Tensor) and v.device == device for v in batch.values())
+
+
 class ClassifierModule(L.LightningModule):
     def __init__(
         self,
@@ -40,6 +45,16 @@ class ClassifierModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
         self._direct_step = False  # decided per fit in on_train_start
+        self._batch_hooks = True  # likewise
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name (a str or None) around every hook it calls, ~12 times a
+        # step; nn.Module.__setattr__ would first look for it among parameters, buffers and
+        # submodules (~2 µs a call), where a plain attribute never is
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # -- hooks subclasses override -------------------------------------------------------------
     def compute_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -95,10 +110,43 @@ class ClassifierModule(L.LightningModule):
         opt = self.optimizers()
         return not isinstance(opt, list) and all(hasattr(opt, a) for a in ("_on_before_step", "_on_after_step", "optimizer"))
 
+    # hooks Lightning's loop calls between fetching a training batch and training_step
+    _BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+    def _has_batch_hooks(self) -> bool:
+        """Whether a batch-transfer hook does anything beyond ours: one overridden in a subclass
+        or in the datamodule (ClassifierModule's own transfer_batch_to_device only short-cuts)."""
+        if any(is_overridden(hook, self, ClassifierModule) for hook in self._BATCH_HOOKS):
+            return True
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        return dm is not None and any(is_overridden(hook, dm, L.LightningDataModule) for hook in self._BATCH_HOOKS)
+
     def on_train_start(self) -> None:
         self._direct_step = self._can_step_directly()
+        self._batch_hooks = self._has_batch_hooks()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def next_batch(self, dataloader_iter) -> tuple[dict[str, torch.Tensor], int]:
+        """The next training batch, ready for the step: what Lightning's loop does between
+        fetching a batch and calling ``training_step`` (the precision plugin's input conversion,
+        the batch-transfer hooks, the move to the device), with the hooks skipped when none is
+        overridden and the batch is already on the device."""
+        batch, batch_idx, _ = next(dataloader_iter)
+        trainer = self.trainer
+        batch = trainer.precision_plugin.convert_input(batch)
+        if self._batch_hooks or not _on_device(batch, self.device):
+            batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+        return batch, batch_idx
+
+    def training_step(self, dataloader_iter) -> torch.Tensor:
+        # Taking the iterator (Lightning's documented ``dataloader_iter`` step) skips the loop's
+        # per-batch transfer hooks and its inspection of this method's signature: ~40% of what
+        # Lightning's loop adds to a step; next_batch does the same work when it is needed.
+        batch, batch_idx = self.next_batch(dataloader_iter)
+        return self.train_on_batch(batch, batch_idx)
+
+    def train_on_batch(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimizer step on ``batch``; returns the detached loss."""
         opt = self.optimizers()
         if self._direct_step:
             # what manual_backward / opt.step() do here, without dispatching hooks nobody implements;
@@ -125,7 +173,7 @@ class ClassifierModule(L.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         # batches are flat dicts of tensors; already on the device (a CPU run), there is nothing to move
-        if type(batch) is dict and all(isinstance(v, torch.Tensor) and v.device == device for v in batch.values()):
+        if _on_device(batch, device):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
