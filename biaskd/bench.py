@@ -1,7 +1,7 @@
 """Side-by-side throughput benchmarks: ``python -m biaskd.bench [--quick]``.
 
-Every comparison runs in one process, after a warm-up, round-robin over repeats (each round
-runs every contender once), so that machine noise hits all sides alike; the claims are ratios:
+Every comparison runs in one process, after a warm-up, over rounds that run every contender
+once (in A B B A order), so that machine noise hits all sides alike; the claims are ratios:
 the median over rounds of the ratio within each round (a slow drift in the machine's load
 cancels within a round), with the ratio of the two sides' median throughputs beside it.
 
@@ -17,7 +17,7 @@ cancels within a round), with the ratio of the two sides' median throughputs bes
 6. ``cka_fast_vs_naive``: ``analysis.similarity.linear_cka`` time ÷ an n×n Gram version;
 7. wall time of the README's main job (full mode only).
 
-A measurement covers at least ``MIN_STEPS`` optimizer steps (whole epochs), so that one-off
+A measurement covers at least ``MIN_STEPS`` optimizer steps (whole epochs; more for the\nscenarios of ``SCENARIO_PLAN``), so that one-off
 costs of a ``fit`` (the first step's optimizer state, Lightning's first ``self.log``) weigh in
 it about as little as in a real run.
 
@@ -50,9 +50,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: fewest optimizer steps in one measurement (quick, full)
 MIN_STEPS = {True: 150, False: 300}
-#: repeats (quick, full) of a scenario whose measurements take well under a second; others: REPEATS
-FAST_SCENARIO_REPEATS = {"mnist": (9, 15)}
+#: repeats (quick, full) of the CKA timing and of a scenario not in SCENARIO_PLAN
 REPEATS = (3, 5)
+#: (repeats, steps per measurement) with and without --quick: MNIST steps take a few ms, so its
+#: ratios are the closest calls and many short rounds resist bursts of load best; SVA steps take
+#: ~40 ms, so a quick measurement is a seeded subset of 100 batches (see measurement_split)
+SCENARIO_PLAN = {"mnist": {True: (15, 150), False: (25, 300)},
+                 "sva": {True: (4, 100), False: (5, 300)}}
 #: steps of a training contender's warm-up run
 WARMUP_STEPS = 20
 
@@ -140,6 +144,16 @@ def plain_loop(model: torch.nn.Module, split: Split, batch_size: int, epochs: in
     return len(split) * epochs / (time.perf_counter() - start)
 
 
+def measurement_split(split: Split, lengths, batch_size: int, epochs: int, steps: int):
+    """The split (and lengths) one measurement trains on: all of it, or, when ``epochs`` epochs
+    would take more than ``steps`` steps, a seeded random subset of ``steps`` batches."""
+    n = batch_size * steps
+    if steps <= 0 or epochs * len(split) <= n:
+        return split, lengths
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return split.subset(idx), None if lengths is None else lengths[idx]
+
+
 def epochs_for(split: Split, batch_size: int, epochs: int, min_steps: int) -> int:
     """At least ``epochs``, and enough whole epochs for ``min_steps`` steps."""
     steps = -(-len(split) // batch_size)
@@ -163,15 +177,14 @@ class ConstantModel(torch.nn.Module):
 
 def round_robin(contenders: dict, repeats: int, warmup: dict | None = None) -> dict[str, list[float]]:
     """Run every contender once as a warm-up (``warmup``'s shorter version of it, if given),
-    then ``repeats`` rounds that run each once; the round's starting contender rotates so that
-    no one always follows the same neighbour."""
+    then ``repeats`` rounds that run each once, in the given order and then reversed (A B B A):
+    neighbours stay neighbours, and a steady drift in the machine's speed cancels over two rounds."""
     names = list(contenders)
     for name in names:
         (warmup or contenders)[name]()
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in (names if r % 2 == 0 else names[::-1]):
             out[name].append(contenders[name]())
     return out
 
@@ -209,9 +222,10 @@ def scenario_pair(name: str):
 
 
 def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> dict:
-    """The scenario's student trained five ways, round-robin: Lightning ``fit`` alone, with
-    cached KD, with a teacher forward per step; the hand loop; the run's own Trainer."""
+    """The scenario's student trained five ways, in rounds: Lightning ``fit`` with a teacher
+    forward per step, with cached KD, alone; the hand loop; the run's own Trainer."""
     split, make_student, teacher, bs, lengths = scenario_pair(name)
+    split, lengths = measurement_split(split, lengths, bs, epochs, min_steps)
     epochs = epochs_for(split, bs, epochs, min_steps)
     teacher.eval()
     with torch.no_grad():
@@ -219,11 +233,11 @@ def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> 
 
     def contenders(sp: Split, ep: int, lens) -> dict:
         fit = lambda module: lightning_fit(module, sp, bs, ep, lens)  # noqa: E731
-        return {
-            "student": lambda: fit(ClassifierModule(make_student())),
-            "kd_cached": lambda: fit(DistillModule(make_student(), teacher_logits=cached, temperature=2.0)),
+        return {  # the ratios' pairs are neighbours in this order
             "kd_forward": lambda: fit(DistillModule(make_student(), teacher=teacher, teacher_outputs="forward",
                                                     temperature=2.0)),
+            "kd_cached": lambda: fit(DistillModule(make_student(), teacher_logits=cached, temperature=2.0)),
+            "student": lambda: fit(ClassifierModule(make_student())),
             "plain": lambda: plain_loop(make_student(), sp, bs, ep, lens),
             "run_trainer": lambda: run_trainer_fit(ClassifierModule(make_student()), sp, bs, ep, lens),
         }
@@ -246,6 +260,7 @@ def bench_lightning_overhead(name: str, epochs: int, repeats: int, min_steps: in
     ``fit``, the run's Trainer with our progress bar and with Lightning's stock one, over the
     same hand loop."""
     split, _, _, bs, lengths = scenario_pair(name)
+    split, lengths = measurement_split(split, lengths, bs, epochs, min_steps)
     epochs = epochs_for(split, bs, epochs, min_steps)
     c = int(split.y.max()) + 1
     t = round_robin({
@@ -441,14 +456,14 @@ def main(argv: list[str] | None = None) -> None:
     which = 0 if args.quick else 1
     repeats = REPEATS[which]
     scenarios = [s for s in args.scenarios.split(",") if s]
-    min_steps = MIN_STEPS[args.quick]
     start, load_start = time.perf_counter(), _loadavg()
     benchmarks: dict[str, dict] = {k: {} for k in (
         "kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain",
         "lightning_step_overhead", "cka_fast_vs_naive")}
-    scenario_repeats = {scen: FAST_SCENARIO_REPEATS.get(scen, REPEATS)[which] for scen in scenarios}
+    plan = {scen: SCENARIO_PLAN.get(scen, {args.quick: (repeats, MIN_STEPS[args.quick])})[args.quick]
+            for scen in scenarios}
     for scen in scenarios:
-        reps = scenario_repeats[scen]
+        reps, min_steps = plan[scen]
         print(f"[bench] {scen}: student alone, cached KD, teacher-forward KD, hand loop, run Trainer", flush=True)
         for k, v in bench_training(scen, epochs, reps, min_steps).items():
             benchmarks[k][scen] = v
@@ -467,8 +482,8 @@ def main(argv: list[str] | None = None) -> None:
                     "python": platform.python_version(), "torch": torch.__version__,
                     # other processes' load skews ratios (both sides are timed, but not at the same instant)
                     "loadavg_1min_start": load_start, "loadavg_1min_end": _loadavg()},
-        "repeats": {**scenario_repeats, "cka": repeats},
-        "min_epochs_per_measurement": epochs, "min_steps_per_measurement": min_steps,
+        "repeats": {**{scen: p[0] for scen, p in plan.items()}, "cka": repeats},
+        "min_epochs_per_measurement": epochs, "min_steps_per_measurement": {scen: p[1] for scen, p in plan.items()},
         "benchmarks": benchmarks,
         "lightning_step_profile": profile,
         "main_job_wall_s": None if args.quick else main_job_wall_time(),
@@ -489,7 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(torch {torch.__version__}, {results['machine']['torch_threads']} threads), {results['bench_wall_s']:.0f} s, "
         f"1-minute load average {_fmt_load(results['machine'])}. Each training ratio is the median over "
         f"{_fmt_repeats(results['repeats'])} rounds (after a warm-up; every contender once per round, "
-        f"round-robin) of a / b within a round; each training measurement covers at least {min_steps} steps.\n\n{table}\n{profile_md}")
+        f"in A B B A order) of a / b within a round; each training measurement covers "
+        f"{_fmt_repeats(results['min_steps_per_measurement'])} steps or more (whole epochs).\n\n{table}\n{profile_md}")
     print(table)
 
 
