@@ -252,3 +252,21 @@ def test_measurement_split_takes_a_seeded_subset_only_when_an_epoch_is_longer_th
     assert torch.equal(sub.ids, again.ids)
     whole, whole_len = bench.measurement_split(split, lengths, 10, 1, 20)  # 10 steps an epoch: all of it
     assert whole is split and whole_len is lengths
+
+
+def test_tensor_batches_moved_to_a_device_cut_the_same_batches_there_and_leave_the_split_alone():
+    # "meta" stands in for a GPU: shapes (trimmed widths included) must match the CPU batches
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 12, (50,), generator=g)
+    x = torch.zeros(50, 12, dtype=torch.long)
+    for i, n in enumerate(lengths.tolist()):
+        x[i, :n] = 1 + torch.arange(n)
+    split = Split("train", x, torch.randint(0, 2, (50,), generator=g), torch.arange(50))
+    cpu = list(TensorBatches(split, 8, seed=3, lengths=lengths))
+    moved = TensorBatches(split, 8, seed=3, lengths=lengths).to("meta")
+    meta = list(moved)
+    assert split.x.device.type == "cpu" and moved.split is not split
+    assert [b["x"].device.type for b in meta] == ["meta"] * len(cpu)
+    assert [tuple(b["x"].shape) for b in meta] == [tuple(b["x"].shape) for b in cpu]
+    assert [tuple(b["idx"].shape) for b in meta] == [tuple(b["idx"].shape) for b in cpu]
+    assert TensorBatches(split, 8).to("cpu").split is split  # already there: nothing copied

@@ -121,15 +121,27 @@ class TensorBatches:
             return torch.cat([order[b * self.batch_size : (b + 1) * self.batch_size] for b in batch_order.tolist()])
         return order
 
+    def to(self, device: torch.device | str) -> "TensorBatches":
+        """Hold the split's tensors on ``device`` (a GPU run: batches are then cut there, with no
+        host-to-device copy or wait per step). The split object given to the constructor is left
+        as it is; the order is still drawn on the CPU, so it does not depend on the device."""
+        device = torch.device(device)
+        s = self.split
+        if s.x.device != device:
+            self.split = Split(s.name, s.x.to(device), s.y.to(device), s.ids.to(device), s.meta)
+        return self
+
     def __iter__(self):
         order = self._order()
         x, y = self.split.x, self.split.y
         trim = self.lengths is not None and x.dim() == 2
+        on_device = order.to(x.device) if x.device != order.device else order
         for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = on_device[rows]
             xb = x[idx]
-            if trim:
-                xb = xb[:, : int(self.lengths[idx].max())]
+            if trim:  # lengths stay on the CPU: the width is known without waiting on the device
+                xb = xb[:, : int(self.lengths[order[rows]].max())]
             yield {"x": xb, "y": y[idx], "idx": idx}
         self.epoch += 1
 

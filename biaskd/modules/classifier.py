@@ -124,6 +124,14 @@ class ClassifierModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._direct_step = self._can_step_directly()
         self._batch_hooks = self._has_batch_hooks()
+        loader = self._train_batches()
+        if loader is not None and self.device.type != "cpu":
+            loader.to(self.device)  # in-memory data: cut batches on the device, not copy each one
+
+    def _train_batches(self):
+        """The run's TensorBatches (the training driver attaches it to the datamodule), or None."""
+        dm = self.trainer.datamodule
+        return getattr(dm, "_train_batches", None) if dm is not None else None
 
     def next_batch(self, dataloader_iter) -> tuple[dict[str, torch.Tensor], int]:
         """The next training batch, ready for the step: what Lightning's loop does between
@@ -185,7 +193,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Reproducible, resumable shuffling: the batch order is a function of (seed, epoch).
-        loader = getattr(self.trainer.datamodule, "_train_batches", None) if self.trainer.datamodule else None
+        loader = self._train_batches()
         if loader is not None:
             loader.set_epoch(self.current_epoch)
 
