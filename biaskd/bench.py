@@ -17,7 +17,8 @@ cancels within a round), with the ratio of the two sides' median throughputs bes
 6. ``cka_fast_vs_naive``: ``analysis.similarity.linear_cka`` time ÷ an n×n Gram version;
 7. wall time of the README's main job (full mode only).
 
-A measurement covers at least ``MIN_STEPS`` optimizer steps (whole epochs; more for the\nscenarios of ``SCENARIO_PLAN``), so that one-off
+A measurement covers at least the steps of ``SCENARIO_PLAN`` (``MIN_STEPS`` for other
+scenarios; whole epochs, or a seeded subset of batches), so that one-off
 costs of a ``fit`` (the first step's optimizer state, Lightning's first ``self.log``) weigh in
 it about as little as in a real run.
 

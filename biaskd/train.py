@@ -353,8 +353,8 @@ def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, fe
                         plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0)
     if tcfg.get("deterministic"):
         # deterministic algorithms, without also filling every new tensor with NaN (a debugging aid
-        # for reads of uninitialised memory that torch turns on with them; ~3% of a Transformer's
-        # CPU step, and no op we use reads memory it has not written)
+        # for reads of uninitialised memory that torch turns on with them; ~4% of the SVA
+        # Transformer's CPU step, and no op we use reads memory it has not written)
         torch.utils.deterministic.fill_uninitialized_memory = False
     return trainer
 

@@ -82,7 +82,8 @@ class FiniteLossGuard(L.Callback):
 class ThrottledProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, redrawn at most every ``interval`` seconds during training (and on
     an epoch's last batch). Lightning's own bar redraws after every batch (a refresh and a
-    ``set_postfix`` of the logged metrics): about 0.3 ms, as much as a small model's whole CPU step."""
+    ``set_postfix`` of the logged metrics): 0.24–0.59 ms a step in ``python -m biaskd.bench``,
+    where an MNIST MLP's whole CPU step takes 2–4 ms."""
 
     def __init__(self, interval: float = 0.25) -> None:
         super().__init__()
