@@ -88,3 +88,59 @@ class CNN(nn.Module):
         """``(features(x), forward(x))`` from one pass, for objectives that read both."""
         f = self.features(x)
         return f, self.head(f)
+
+
+class GlobalPoolCNN(nn.Module):
+    """A CNN whose features are globally max-pooled over positions (``cnn_gp``).
+
+    Where :class:`CNN` flattens its last feature map into a fully connected layer — so its
+    features still say *where* each pattern was — this one keeps, per channel, only the
+    strongest response anywhere in the image. Convolution (equivariance) followed by a
+    position-free pooling makes its features nearly invariant to small shifts: a stronger
+    translation bias than ``cnn``, for asking whether a stronger bias transfers better.
+
+    Every conv but the last is followed by 2×2 max pooling; ``features(x)`` is the pooled
+    vector (one value per channel of the last conv), and the head is linear on it.
+    """
+
+    input_kind = "image"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_shape: Sequence[int] = (1, 28, 28),
+        channels: Sequence[int] = (32, 64, 128),
+        kernel_size: int = 3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not channels or any(c <= 0 for c in channels) or kernel_size <= 0:
+            raise ValueError(f"GlobalPoolCNN sizes must be positive: channels={list(channels)}")
+        c_in, h, w = (int(s) for s in in_shape)
+        if min(h, w) < 2 ** (len(channels) - 1):
+            raise ValueError(
+                f"GlobalPoolCNN: {h}×{w} inputs are too small for {len(channels) - 1} 2×2 poolings"
+            )
+        layers: list[nn.Module] = []
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(c_in, c, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.encoder = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, num_classes)
+        self.feature_dim = c_in
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features(x), forward(x))`` from one pass, for objectives that read both."""
+        f = self.features(x)
+        return f, self.head(f)
