@@ -4,6 +4,8 @@ Reads run dirs only (never trains). Modules, each with one job:
 
 * :mod:`analysis.runs` -- find and lazily load run dirs; tidy metrics frame
 * :mod:`analysis.agreement` -- top-1 agreement, JS divergence, error consistency
+* :mod:`analysis.bias` -- the bias itself: shift consistency, attractor drop, transferred share,
+  what the teacher's soft targets carried
 * :mod:`analysis.similarity` -- linear / minibatch / RBF CKA, RSA
 * :mod:`analysis.maps` -- MDS maps of models and training paths
 * :mod:`analysis.basins` -- loss along linear interpolations between solutions
@@ -24,6 +26,9 @@ _EXPORTS = {
     "Run": "runs", "find_runs": "runs", "load_run": "runs", "runs_frame": "runs",
     "top1_agreement": "agreement", "js_divergence": "agreement", "from_logits": "agreement",
     "error_consistency": "agreement", "agreement_table": "agreement",
+    "prediction_consistency": "bias", "shift_consistency_table": "bias", "attractor_drop": "bias",
+    "attractor_drop_table": "bias", "transferred_share": "bias", "teacher_signal": "bias",
+    "teacher_signal_table": "bias", "teacher_agreement_table": "bias", "bias_frame": "bias",
     "linear_cka": "similarity", "linear_cka_gram": "similarity", "minibatch_cka": "similarity",
     "rbf_cka": "similarity", "rsa": "similarity", "rsa_cosine": "similarity",
     "similarity_matrix": "similarity",
