@@ -11,13 +11,17 @@ Format v1 (documented in README.md, "Run directory format")::
       checkpoints/         last.ckpt (Lightning, for resuming), step_XXXXXXXXX.pt (state dicts)
       model.pt             final state dict
       teacher_cache/       cached teacher outputs on training/transfer sets (teachers only)
+      MANIFEST.json        size and SHA-256 of every file above, written just before COMPLETE
       COMPLETE             written last; a run dir without it is incomplete
       FAILED               written instead when training failed
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
-killed process never leaves a half-written file under a real name. State dicts and arrays are
-loaded with ``torch.load(weights_only=True)`` / ``numpy.load(allow_pickle=False)``; a missing,
-truncated or corrupt file raises :class:`ArtifactError` naming it.
+killed process never leaves a half-written file under a real name; it gets the permissions the
+umask gives any new file. Files that change or appear after a run completes (``last.ckpt``,
+``teacher_cache/*``) carry their own digest in a ``<file>.sha256`` sidecar. Every loader here
+checks the file against its digest (hashed once per process and file version) and loads with
+``torch.load(weights_only=True)`` / ``numpy.load(allow_pickle=False)``; a missing, truncated,
+corrupt or altered file raises :class:`ArtifactError` naming it.
 """
 from __future__ import annotations
 
@@ -38,22 +42,53 @@ import torch
 from biaskd.errors import ArtifactError
 
 FORMAT = "biaskd-run"
-FORMAT_VERSION = 1
+#: 2: MANIFEST.json and digest sidecars; teachers trained from their own config alone (new hashes)
+FORMAT_VERSION = 2
 COMPLETE = "COMPLETE"
 FAILED = "FAILED"
+MANIFEST = "MANIFEST.json"
+DIGEST_SUFFIX = ".sha256"
+TMP_SUFFIX = ".tmp"
+#: files and folders of a run dir the manifest does not cover (markers; what may change later)
+_UNLISTED_NAMES = {COMPLETE, FAILED, MANIFEST}
+_UNLISTED_DIRS = {"teacher_cache", "wandb"}
+_REPAIR_HINT = "rerun its command with +repair=true to retrain it (the bad run dir is kept aside)"
+
+_umask: int | None = None
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write a file through ``write(fileobj)`` to a temp name, fsync, then rename into place."""
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the process's umask (read once)."""
+    global _umask
+    if _umask is None:
+        _umask = os.umask(0o022)
+        os.umask(_umask)
+    return 0o666 & ~_umask
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], digest: bool = False) -> Path:
+    """Write a file through ``write(fileobj)`` to a temp name, fsync, then rename into place.
+
+    With ``digest=True`` a ``<name>.sha256`` sidecar records the file's SHA-256. It is updated
+    around the rename so that it accepts whichever version is in place should the process be
+    killed in between.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if digest:
+            new = file_digest(tmp)
+            old = _sidecar_digests(path) if path.exists() else []
+            _write_sidecar(path, [new, *old[:1]])
         os.replace(tmp, path)
+        if digest:
+            _write_sidecar(path, [new])
     except BaseException:
         try:
             os.unlink(tmp)
@@ -61,6 +96,145 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             pass
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporary files a killed writer left in ``folder`` (call only while holding the
+    run's lock, so that no live writer's file is removed)."""
+    removed = []
+    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# -- integrity ----------------------------------------------------------------------------------
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_digests: dict[tuple, str] = {}
+_manifests: dict[tuple, dict] = {}
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def cached_digest(path: str | Path) -> str:
+    """SHA-256 of ``path``, computed once per process for each version of the file."""
+    key = _stat_key(Path(path))
+    if key not in _digests:
+        _digests[key] = file_digest(path)
+    return _digests[key]
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def _write_sidecar(path: Path, digests: list[str]) -> None:
+    text = "".join(f"{d}  {path.name}\n" for d in digests).encode()
+    atomic_write(_sidecar(path), lambda f: f.write(text))
+
+
+def _sidecar_digests(path: Path) -> list[str]:
+    try:
+        return [line.split()[0] for line in _sidecar(path).read_text().splitlines() if line.strip()]
+    except (FileNotFoundError, IndexError, UnicodeDecodeError):
+        return []
+
+
+def _manifest_of(run_path: Path) -> dict | None:
+    mpath = run_path / MANIFEST
+    try:
+        key = _stat_key(mpath)
+    except FileNotFoundError:
+        return None
+    if key not in _manifests:
+        try:
+            _manifests[key] = json.loads(mpath.read_text())["files"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{mpath}: corrupt manifest ({exc}); {_REPAIR_HINT}") from None
+    return _manifests[key]
+
+
+def _listed(rel: Path) -> bool:
+    return rel.name not in _UNLISTED_NAMES and not rel.name.endswith((DIGEST_SUFFIX, TMP_SUFFIX, ".lock")) \
+        and not (len(rel.parts) > 1 and rel.parts[0] in _UNLISTED_DIRS)
+
+
+def write_manifest(run_path: str | Path) -> Path:
+    """Record the size and SHA-256 of every file the run dir holds (see module docstring)."""
+    run_path = Path(run_path)
+    files = {}
+    for p in sorted(run_path.rglob("*")):
+        rel = p.relative_to(run_path)
+        if p.is_file() and not p.is_symlink() and _listed(rel):
+            files[rel.as_posix()] = {"size": p.stat().st_size, "sha256": cached_digest(p)}
+    return write_json(run_path / MANIFEST, {"algorithm": "sha256", "files": files})
+
+
+def check_file(path: str | Path) -> None:
+    """Raise ArtifactError if ``path`` differs from the digest recorded for it (its sidecar, or
+    the manifest of the run dir it lies in). Files with no recorded digest pass."""
+    path = Path(path)
+    expected = _sidecar_digests(path)
+    where = f"its digest file {_sidecar(path).name}"
+    if not expected:
+        for root in (path.parent, path.parent.parent):
+            manifest = _manifest_of(root)
+            if manifest is not None:
+                entry = manifest.get(path.relative_to(root).as_posix())
+                if entry is None:
+                    return
+                if path.stat().st_size != entry["size"]:
+                    raise ArtifactError(f"{path}: {path.stat().st_size} bytes, but the run's {MANIFEST} records "
+                                        f"{entry['size']}: the file was changed or damaged after it was written; "
+                                        f"{_REPAIR_HINT}")
+                expected, where = [entry["sha256"]], f"the run's {MANIFEST}"
+                break
+    if expected and cached_digest(path) not in expected:
+        raise ArtifactError(f"{path}: contents do not match the SHA-256 in {where}: the file was changed or "
+                            f"damaged after it was written; {_REPAIR_HINT}")
+
+
+def verify_run(run_path: str | Path) -> list[str]:
+    """Problems with a complete run's files (missing, resized or altered since its manifest was
+    written; ``last.ckpt`` against its sidecar), one string each; empty if it verifies. A run
+    without a manifest (format 1) has nothing to verify against and passes. Teacher caches are
+    not the run's results: a damaged one is recomputed when next read."""
+    run_path = Path(run_path)
+    try:
+        manifest = _manifest_of(run_path)
+    except ArtifactError as exc:
+        return [str(exc)]
+    if manifest is None:
+        return []
+    problems = []
+    for rel, entry in manifest.items():
+        p = run_path / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing (listed in {MANIFEST})")
+            continue
+        try:
+            check_file(p)
+        except ArtifactError as exc:
+            problems.append(str(exc))
+    for p in run_path.rglob(f"*{DIGEST_SUFFIX}"):
+        target = p.with_name(p.name[: -len(DIGEST_SUFFIX)])
+        if target.is_file() and "teacher_cache" not in target.relative_to(run_path).parts:
+            try:
+                check_file(target)
+            except ArtifactError as exc:
+                problems.append(str(exc))
+    return problems
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -87,6 +261,7 @@ def _json_default(o: Any) -> Any:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
+        check_file(path)
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path}: file is missing") from None
@@ -94,15 +269,16 @@ def read_json(path: str | Path) -> Any:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
 
 
-def save_npz(path: str | Path, **arrays: Any) -> Path:
+def save_npz(path: str | Path, digest: bool = False, **arrays: Any) -> Path:
     arrays = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()}
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays), digest=digest)
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: file is missing")
+    check_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -120,6 +296,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: file is missing")
+    check_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt/unsafe files
@@ -171,17 +348,23 @@ class RunDir:
         return self
 
     def mark_complete(self, **info: Any) -> None:
+        """Write the manifest of everything the run holds, then the COMPLETE marker."""
         fail = self.path / FAILED
         if fail.exists():
             fail.unlink()
+        write_manifest(self.path)
         write_json(self.path / COMPLETE, {"finished": now(), **info})
+
+    def verify(self) -> list[str]:
+        """Problems with this run's files against its manifest (see :func:`verify_run`)."""
+        return verify_run(self.path)
 
     def mark_failed(self, reason: str) -> None:
         write_json(self.path / FAILED, {"failed": now(), "reason": reason})
 
     def reset_outcome(self) -> None:
         """Forget an earlier outcome before (re)training in this dir."""
-        for name in (COMPLETE, FAILED):
+        for name in (COMPLETE, FAILED, MANIFEST):
             p = self.path / name
             if p.exists():
                 p.unlink()

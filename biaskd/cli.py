@@ -5,13 +5,16 @@
     biaskd -m experiment=mnist_main          # the README's main job (a sweep)
 
 After every job one summary line is printed; after a sweep, one table of all its runs and the
-teachers they used.
+teachers they used. The project's own errors (bad config, data or artifact; a failed training)
+print one line, and a hint where one helps, and exit with status 2; ``HYDRA_FULL_ERROR=1`` or
+``BIASKD_VERBOSE=1`` shows the traceback.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,14 @@ from omegaconf import DictConfig
 from biaskd.errors import BiaskdError
 
 log = logging.getLogger("biaskd")
+
+#: exit status of a run or sweep stopped by one of the project's own errors
+ERROR_EXIT = 2
+
+
+def describe(exc: BaseException) -> str:
+    """One line (two with a hint) a person reads: ``ConfigError: config key 'x' must be ...``."""
+    return f"{type(exc).__name__}: {exc}"
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -37,8 +48,23 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+FAILURE_FILE = "failed.txt"  # in a failed job's Hydra output dir: what failed, one line
+
+
+@dataclass
+class JobFailure:
+    """What a job returns when one of the project's own errors stopped it (the error is
+    reported once, by :class:`SummaryCallback`, instead of as a traceback)."""
+
+    message: str
+
+
+_state = {"failed": 0, "started": False}
+
+
 class SummaryCallback(Callback):
-    """Prints one line per finished job and a table at the end of a sweep."""
+    """Prints one line per finished job (``[job failed] ...`` for a failed one) and, after a
+    sweep, one table of its runs and how many jobs failed."""
 
     def __init__(self) -> None:
         self.runs: list[Any] = []
@@ -46,39 +72,85 @@ class SummaryCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         from biaskd.summary import summary_line
 
-        if job_return.status == JobStatus.COMPLETED and job_return.return_value is not None:
-            run = job_return.return_value
-            self.runs.append(run)
-            print(summary_line(run), flush=True)
-        elif job_return.status == JobStatus.FAILED:
-            print(f"[job failed] {job_return.overrides}: {job_return._return_value!r}", flush=True)
+        if job_return.status != JobStatus.COMPLETED or job_return.return_value is None:
+            return  # a bug's exception: Hydra/main() show its traceback
+        result = job_return.return_value
+        if isinstance(result, JobFailure):
+            _state["failed"] += 1
+            if config.hydra.mode.name == "MULTIRUN":
+                print(f"[job failed] {' '.join(job_return.overrides)}: {result.message}", file=sys.stderr, flush=True)
+            else:
+                print(f"error: {result.message}", file=sys.stderr, flush=True)
+            return
+        self.runs.append(result)
+        print(summary_line(result), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from biaskd.summary import format_table, summary_table
 
         if self.runs:
             print("\n" + format_table(summary_table(self.runs)), flush=True)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")) if sweep_dir.is_dir() else []
+        if failed:  # counted from the sweep folder, so jobs run in other processes count too
+            _state["failed"] = max(_state["failed"], len(failed))
+            print(f"{len(failed)} job(s) failed (the [job failed] lines above; also in "
+                  f"{sweep_dir}/<job>/{FAILURE_FILE}); rerun the same command to retry them, completed jobs are kept",
+                  file=sys.stderr, flush=True)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.on_multirun_end(config)
+        if self.runs:
+            self.on_multirun_end(config)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig):
-    from biaskd.train import train
-
-    _quiet_lightning()
+    _state["started"] = True
     try:
+        from biaskd.config import check
+
+        check(cfg)  # a bad config speaks before the training stack is imported
+        from biaskd.train import train
+
+        _quiet_lightning()
         return train(cfg)
     except BiaskdError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        raise
+        if _verbose():
+            raise
+        from hydra.core.hydra_config import HydraConfig
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FAILURE_FILE).write_text(describe(exc) + "\n")
+        return JobFailure(describe(exc))
+
+
+def _verbose() -> bool:
+    return os.environ.get("BIASKD_VERBOSE") == "1" or os.environ.get("BIASKD_USER_FULL_ERROR") == "1"
 
 
 def main() -> None:
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    _app()
+    os.environ.setdefault("BIASKD_USER_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "0"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # exceptions reach main() instead of Hydra's traceback printer
+    try:
+        _app()
+    except Exception as exc:
+        from hydra.errors import CompactHydraException
+
+        if _verbose() or (_state["started"] and not isinstance(exc, CompactHydraException)):
+            raise  # a bug: its traceback
+        # the command line could not be composed into a config (unknown key, bad override)
+        if isinstance(exc, CompactHydraException):
+            print(f"error: {exc}" + (f"\n{exc.__cause__}" if exc.__cause__ else ""), file=sys.stderr)
+        else:
+            print(f"error: cannot apply the command line's overrides ({type(exc).__name__}: {exc}); a list in the "
+                  "config is indexed by position, e.g. task.ood.0.severity=4", file=sys.stderr)
+        sys.exit(1)
+    if _state["failed"]:
+        sys.exit(ERROR_EXIT)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m biaskd.cli: run the imported module, which Hydra's callback shares
+    from biaskd.cli import main as _main
+
+    sys.exit(_main())

@@ -7,6 +7,8 @@ one :class:`ConfigError` that names the key.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,10 +21,16 @@ from biaskd.errors import ConfigError
 DISTILL_MODES = ("none", "self", "cross", "online")
 TEACHER_OUTPUTS = ("cached", "forward", "online")
 ALPHA_SCHEDULES = ("constant", "linear", "exponential")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+#: how a teacher run is trained: 2 = from its own config alone (its seed orders its batches, its
+#: overrides apply before interpolation). Part of the identity of teachers and of the students
+#: distilled from them, so runs made under the old protocol are never reused as if made now.
+TEACHER_PROTOCOL = 2
 
 # keys that do not change what is computed (where things live, how it is displayed)
 _NOT_IDENTITY = {
-    "runs_dir", "data_dir", "logger", "experiment_name", "threads", "hydra", "summary",
+    "runs_dir", "data_dir", "logger", "experiment_name", "threads", "hydra", "summary", "repair",
 }
 _NOT_IDENTITY_NESTED = {
     "trainer": {"enable_progress_bar", "log_every_n_steps", "enable_model_summary"},
@@ -81,6 +89,10 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.weight_decay", low=0)
     _number(cfg, "train.batch_size", low=0, low_open=True, integer=True)
     _number(cfg, "trainer.max_epochs", low=0, low_open=True, integer=True)
+    _choice(cfg, "train.optimizer", OPTIMIZERS)
+    if OmegaConf.select(cfg, "train.lr_schedule") is not None:
+        _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
+    _check_ood(cfg)
     _positive_sizes(cfg, "model")
     _choice(cfg, "distill.mode", DISTILL_MODES)
     mode = _get(cfg, "distill.mode")
@@ -95,6 +107,10 @@ def validate(cfg: DictConfig) -> None:
         if (mode == "online") != (_get(cfg, "distill.teacher_outputs") == "online"):
             raise ConfigError("config key 'distill.teacher_outputs' must be 'online' exactly when distill.mode=online")
     if mode in ("cross", "online"):
+        teacher_model = OmegaConf.select(cfg, "teacher.model")
+        if isinstance(teacher_model, str):
+            raise ConfigError(f"config key 'teacher.model' is the string {teacher_model!r}, not a model config; "
+                              f"choose the teacher's architecture with model@teacher.model={teacher_model}")
         if _get(cfg, "teacher.model.name") is None:
             raise ConfigError(f"distill.mode={mode} needs a teacher model (config key 'teacher.model')")
         _positive_sizes(cfg, "teacher.model")
@@ -104,6 +120,56 @@ def validate(cfg: DictConfig) -> None:
                 f"config key 'teacher.task': teacher is for task {task!r} but the student's task is "
                 f"{_get(cfg, 'task.name')!r}"
             )
+
+
+def _check_ood(cfg: DictConfig) -> None:
+    """``task.ood`` (image tasks): every transform known, every severity in range, named by key."""
+    ood = OmegaConf.select(cfg, "task.ood")
+    if ood is None:
+        return
+    from biaskd.data.ood import expand_ood_config
+
+    ood = OmegaConf.to_container(ood, resolve=True) if OmegaConf.is_config(ood) else ood
+    if isinstance(ood, Mapping):
+        entries = [(f"task.ood.{name}", {name: value}) for name, value in ood.items()]
+    elif isinstance(ood, Sequence) and not isinstance(ood, str):
+        entries = [(f"task.ood[{i}]", [item]) for i, item in enumerate(ood)]
+    else:
+        entries = [("task.ood", ood)]
+    for key, entry in entries:
+        try:
+            expand_ood_config(entry)
+        except ConfigError as exc:
+            raise ConfigError(f"config key {key!r}: {exc}") from None
+    try:
+        expand_ood_config(ood)
+    except ConfigError as exc:
+        raise ConfigError(f"config key 'task.ood': {exc}") from None
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything that can be checked from the config alone, for the run and for the teacher it
+    needs: :func:`validate` of both, with the teacher's keys named as the student's config
+    spells them (``teacher.overrides.<key>``, ``teacher.max_epochs``)."""
+    validate(cfg)
+    if _get(cfg, "distill.mode") not in ("self", "cross"):
+        return
+    tcfg = teacher_config(cfg)
+    try:
+        validate(tcfg)
+    except ConfigError as exc:
+        def name(match: re.Match) -> str:
+            key = match.group(1)
+            spec = cfg.get("teacher") or {}
+            if OmegaConf.select(spec, f"overrides.{key}") is not None:
+                key = f"teacher.overrides.{key}"
+            elif key == "trainer.max_epochs" and spec.get("max_epochs") is not None:
+                key = "teacher.max_epochs"
+            elif key.startswith("model.") and _get(cfg, "distill.mode") == "cross":
+                key = f"teacher.{key}"
+            return f"config key {key!r}"
+
+        raise ConfigError(re.sub(r"config key '([^']+)'", name, str(exc)) + " (in the teacher's config)") from None
 
 
 def canonical(cfg: DictConfig) -> DictConfig:
@@ -131,6 +197,8 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
         c.get("teacher", {}).pop("model", None)
     if transfer.spec_of(c).is_train:  # the default: runs from before transfer sets keep their hash
         c.pop("transfer", None)
+    if c.get("role") == "teacher" or mode in ("self", "cross"):
+        c["teacher_protocol"] = TEACHER_PROTOCOL
     c["data_fingerprint"] = data_fingerprint
     return c
 
@@ -139,20 +207,43 @@ def run_hash(cfg: DictConfig, data_fingerprint: str) -> str:
     return config_hash(identity(cfg, data_fingerprint))
 
 
+def _leaf_keys(d: Mapping, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            keys += _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 def teacher_config(cfg: DictConfig) -> DictConfig:
-    """The config of the teacher a student run needs: same task/training, the teacher's model,
-    the teacher's seed, no distillation, plus ``teacher.overrides``."""
+    """The config of the teacher a student run needs: the student's config with the teacher's
+    model and seed (``seed + teacher.seed_offset``), no distillation, the labelled training set,
+    ``teacher.max_epochs`` (if set) and ``teacher.overrides`` merged in *before* interpolations
+    are resolved (so ``train.batch_size`` also sets ``task.batch_size``). Training the result
+    alone, e.g. ``python -m biaskd.rerun`` on its run dir, gives the very same teacher."""
     mode = cfg.distill.mode
-    t = OmegaConf.to_container(cfg, resolve=True)
-    teacher_spec = t.get("teacher", {}) or {}
-    if mode == "self":
-        t["model"] = t["model"]
-    else:
-        t["model"] = teacher_spec["model"]
-    t["seed"] = int(cfg.seed) + int(teacher_spec.get("seed_offset", 0))
+    spec = OmegaConf.to_container(cfg.teacher, resolve=True) if cfg.get("teacher") is not None else {}
+    t = OmegaConf.to_container(cfg, resolve=False)
+    if mode != "self":
+        t["model"] = spec["model"]
+    t["seed"] = int(cfg.seed) + int(spec.get("seed_offset", 0) or 0)
     t["distill"] = {"mode": "none"}
     t["transfer"] = transfer.TransferSpec().to_dict()  # teachers learn from the labelled training set
     t["role"] = "teacher"
-    overrides = teacher_spec.get("overrides") or {}
-    out = OmegaConf.merge(OmegaConf.create(t), OmegaConf.create(overrides))
+    out = OmegaConf.create(t)
+    if spec.get("max_epochs") is not None:
+        out.trainer.max_epochs = spec["max_epochs"]
+    overrides = spec.get("overrides") or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"config key 'teacher.overrides' must be a mapping of config keys, got {overrides!r}")
+    for key in _leaf_keys(overrides):
+        if OmegaConf.select(out, key, default="<missing>") == "<missing>":
+            raise ConfigError(f"config key 'teacher.overrides.{key}': the teacher's config has no key {key!r}")
+    out = OmegaConf.merge(out, OmegaConf.create(overrides))
+    OmegaConf.resolve(out)
+    if "batch_size" in out.task and "batch_size" not in (overrides.get("task") or {}):
+        # task.batch_size is ${train.batch_size}; kept so when cfg was already resolved (a config.yaml)
+        out.task.batch_size = out.train.batch_size
     return out

@@ -7,9 +7,12 @@ is; an interrupted one resumes from its last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ import hydra.utils
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
@@ -140,21 +143,69 @@ def load_model(run: RunDir | str | Path, data: TaskData | None = None) -> torch.
     return model.eval()
 
 
+def _task_spec(cfg: DictConfig) -> dict:
+    """What builds a run's data: its task config without the batch sizes (which only batch it)."""
+    spec = OmegaConf.to_container(cfg.task, resolve=True)
+    return {k: v for k, v in spec.items() if k not in ("batch_size", "eval_batch_size")}
+
+
 def ensure_teacher(cfg: DictConfig, data: TaskData) -> RunDir:
     """The complete run dir of the teacher ``cfg`` asks for, training it first if needed.
 
-    A file lock beside the run dir makes parallel students wait for one training instead of
-    starting their own or reading a half-written teacher.
+    The teacher is trained exactly as its own ``config.yaml`` says (:func:`train` takes batch
+    order and size from the config, not from the student's data object); the student's splits
+    are reused only when the teacher's task config is the student's. Parallel students wait on
+    the teacher run's lock instead of training it twice.
     """
     tcfg = config_mod.teacher_config(cfg)
-    run = run_dir_for(tcfg, data)
+    tdata = data if _task_spec(tcfg) == _task_spec(cfg) else build_data(tcfg)
+    run = run_dir_for(tcfg, tdata)
+    if run.is_complete and not run.verify():
+        log.info("teacher found: %s", run.path)
+        return run
+    log.info("training teacher: %s", run.path)
+    return train(tcfg, data=tdata)
+
+
+@contextlib.contextmanager
+def run_lock(run: RunDir):
+    """One writer per run dir: a file lock beside it. A second process with the same run waits
+    (saying so), then finds the run complete."""
     run.path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(run.path) + ".lock"):
-        if run.is_complete:
-            log.info("teacher found: %s", run.path)
-            return run
-        log.info("training teacher: %s", run.path)
-        return train(tcfg, data=data)
+    lock = FileLock(str(run.path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process training %s", run.path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def set_aside(run: RunDir, why: str) -> Path:
+    """Move a bad run dir to ``.bad/`` beside it (hidden from analysis, nothing deleted)."""
+    dest = run.path.parent / ".bad" / f"{run.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(run.path), str(dest))
+    log.warning("%s; moved it to %s and training the run anew", why, dest)
+    return dest
+
+
+def checked_complete(run: RunDir, repair: bool) -> bool:
+    """Whether ``run`` is complete and its files match its manifest. A complete run that fails
+    verification raises ArtifactError naming the bad file(s), or with ``repair`` is set aside."""
+    if not run.is_complete:
+        return False
+    problems = run.verify()
+    if not problems:
+        return True
+    if repair:
+        set_aside(run, f"{run.path} failed verification ({problems[0]})")
+        return False
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise ArtifactError(f"{problems[0]}{more}")
 
 
 @torch.no_grad()
@@ -196,7 +247,11 @@ def predict_features_and_logits(model: torch.nn.Module, x: torch.Tensor,
 def _cached_rows(path: Path, key: str, ids: torch.Tensor) -> torch.Tensor | None:
     if not path.exists():
         return None
-    cached = artifacts.load_npz(path)
+    try:
+        cached = artifacts.load_npz(path)
+    except ArtifactError as exc:  # derived data: computed again
+        log.warning("teacher cache damaged, recomputing it: %s", exc)
+        return None
     if key in cached and len(cached[key]) == len(ids) and np.array_equal(cached["ids"], ids.numpy()):
         return torch.from_numpy(cached[key])
     log.warning("teacher cache %s does not match the data; recomputing", path)
@@ -229,7 +284,7 @@ def teacher_cache(teacher_run: RunDir, teacher: torch.nn.Module, data: TaskData,
                 computed = {"logits": predict_logits(teacher, split.x)}
             for key in missing:
                 found[key] = computed[key]
-                artifacts.save_npz(paths[key], **{key: computed[key]}, ids=split.ids)
+                artifacts.save_npz(paths[key], digest=True, **{key: computed[key]}, ids=split.ids)
     return Outputs(found["logits"], found.get("features"))
 
 
@@ -360,26 +415,104 @@ def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, fe
 
 
 def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
-    """Train the run ``cfg`` describes (if not already complete) and return its run dir."""
-    config_mod.validate(cfg)
+    """Train the run ``cfg`` describes (if not already complete) and return its run dir.
+
+    A run is a function of ``cfg`` alone: ``data`` only saves rebuilding splits that ``cfg``'s
+    task config would build (batch order and size always come from ``cfg``)."""
+    config_mod.check(cfg)
     cfg = config_mod.canonical(cfg)
+    repair = bool(cfg.get("repair", False))
     set_threads(int(cfg.get("threads", 0) or 0))
     data = data or build_data(cfg)
-    digest = config_mod.run_hash(cfg, data.fingerprint())
     run = run_dir_for(cfg, data)
-    if run.is_complete:
+    if checked_complete(run, repair):
         log.info("complete, skipping: %s", run.path)
         return run
 
-    mode = cfg.distill.mode
     check_model(cfg.model, data)  # fail before any (teacher) training
-    if mode in ("cross", "online"):
+    if cfg.distill.mode in ("cross", "online"):
         check_model(cfg.teacher.model, data)
     if is_lm(data):
         check_lm_config(cfg)
-    teacher_run, teacher_model, cached = None, None, Outputs(None)
     spec = transfer_mod.spec_of(cfg)
     transfer_set = transfer_mod.build(spec, data)  # before any (teacher) training: bad sources fail fast
+    with run_lock(run):
+        if checked_complete(run, repair):  # another process finished it while we waited
+            log.info("complete, skipping: %s", run.path)
+            return run
+        return _train_run(cfg, data, run, spec, transfer_set, repair)
+
+
+def _resume_checkpoint(run: RunDir, repair: bool) -> Path | None:
+    """The verified ``last.ckpt`` of an interrupted run (stale temporary files removed), or None."""
+    if not run.path.exists():
+        return None
+    for p in artifacts.remove_stale_temporaries(run.path):
+        log.info("removed a temporary file left by an interrupted write: %s", p)
+    ckpt = run.last_checkpoint
+    if ckpt is None:
+        return None
+    try:
+        artifacts.check_file(ckpt)
+    except ArtifactError as exc:
+        if not repair:
+            raise
+        set_aside(run, str(exc))
+        return None
+    return ckpt
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> float | int:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def keep_csv_log(logger: CSVLogger, run: RunDir, resume_step: int) -> None:
+    """Carry ``logs/metrics.csv`` across a resume: Lightning's CSV logger starts the file anew,
+    so the rows logged before the checkpoint (step < ``resume_step``; later ones are logged
+    again) are copied aside, replayed through the logger and written before training goes on."""
+    path, kept = run / "logs" / "metrics.csv", run / "logs" / "metrics.resume.csv"
+    rows, seen = [], set()
+    for row in _csv_rows(kept) + _csv_rows(path):  # kept: a previous resume killed before its first write
+        key = tuple(sorted(row.items()))
+        if "step" in row and int(_number(row["step"])) < resume_step and key not in seen:
+            seen.add(key)
+            rows.append(row)
+    if not rows:
+        return
+    columns = sorted(set().union(*rows))
+    artifacts.atomic_write(kept, lambda f: f.write(_csv_text(columns, rows).encode()))
+    for row in rows:
+        logger.log_metrics({k: _number(v) for k, v in row.items() if k != "step"}, step=int(_number(row["step"])))
+    logger.save()
+    kept.unlink()
+
+
+def _csv_text(columns: list[str], rows: list[dict]) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, spec, transfer_set, repair: bool) -> RunDir:
+    """Train ``run`` (holding its lock): resume or start, fit, evaluate, write, mark complete."""
+    ckpt = _resume_checkpoint(run, repair)
+    mode = cfg.distill.mode
+    digest = config_mod.run_hash(cfg, data.fingerprint())
+    teacher_run, teacher_model, cached = None, None, Outputs(None)
     if mode in ("self", "cross"):
         teacher_run = ensure_teacher(cfg, data)
         teacher_model = load_model(teacher_run, data)
@@ -390,8 +523,10 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     if teacher_run is not None and cfg.distill.teacher_outputs == "cached" and not is_lm(data):  # LM: see biaskd.modules.lm
         cached = teacher_cache(teacher_run, teacher_model, data, features=objective_class(cfg.distill).needs_features,
                                split=fit)
-    elif mode == "online":
-        teacher_model = build_model(cfg.teacher.model, data)
+    elif mode == "online":  # the online teacher's init from its own seed, whatever ran before in this process
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed) + int(cfg.teacher.get("seed_offset", 0) or 0))
+            teacher_model = build_model(cfg.teacher.model, data)
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(cfg.model, data)
@@ -444,18 +579,22 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     else:
         meta = run.meta
 
-    train_batches = TensorBatches(fit, data.batch_size, shuffle=True, seed=data.seed, lengths=data.lengths(fit))
+    # batch order and size from this run's own config (never from a data object shared with another run)
+    train_batches = TensorBatches(fit, int(cfg.task.batch_size), shuffle=True, seed=int(cfg.seed),
+                                  lengths=data.lengths(fit))
     data._train_batches = train_batches
     data.train_dataloader = lambda: train_batches  # the module re-seeds it per epoch
     total_steps = len(train_batches) * int(cfg.trainer.max_epochs)
     probe = verb_prefix(data.probe) if is_lm(data) else data.probe  # LM: features before the verb
     steps = default_feature_steps(total_steps, cfg.train.get("feature_steps"))
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = make_trainer(tcfg, run, _loggers(cfg, run, meta), probe, steps)
+    loggers = _loggers(cfg, run, meta)
+    trainer = make_trainer(tcfg, run, loggers, probe, steps)
     start = time.perf_counter()
-    ckpt = run.last_checkpoint
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
+        resume_step = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step", 0))
+        keep_csv_log(loggers[0], run, resume_step)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except TrainingError as exc:

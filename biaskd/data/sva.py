@@ -112,7 +112,10 @@ def _open_text(path: Path) -> str:
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
         return raw.decode("utf-8")
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataFormatError(f"{path}: line {line}: not UTF-8 text (byte {raw[e.start]:#04x}; {e.reason})") from None
+    except (gzip.BadGzipFile, EOFError) as e:
         raise DataFormatError(f"{path}: cannot decode ({e})") from e
 
 

@@ -105,15 +105,17 @@ class ThrottledProgressBar(TQDMProgressBar):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temp file and renamed (a kill never leaves a partial
-    ``last.ckpt``) and loaded with ``weights_only=True``; a corrupt file raises ArtifactError."""
+    ``last.ckpt``) with a SHA-256 sidecar, checked and loaded with ``weights_only=True``; a
+    corrupt or altered file raises ArtifactError."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        artifacts.atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        artifacts.atomic_write(Path(path), lambda f: torch.save(checkpoint, f), digest=True)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(path)
         if not path.exists():
             raise ArtifactError(f"{path}: checkpoint is missing")
+        artifacts.check_file(path)
         try:
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except Exception as exc:
@@ -122,7 +124,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
 
     def remove_checkpoint(self, path: Any) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        for p in (Path(path), Path(str(path) + artifacts.DIGEST_SUFFIX)):
+            p.unlink(missing_ok=True)

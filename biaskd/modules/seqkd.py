@@ -447,7 +447,7 @@ def teacher_candidates(split: Split, teacher: nn.Module, generation: Mapping[str
             log.info("sequence-level KD: teacher sequences from %s", path)
             return found
         sequences, scores = generate()
-        artifacts.save_npz(path, sequences=sequences.to(torch.int32), scores=scores, ids=split.ids,
+        artifacts.save_npz(path, digest=True, sequences=sequences.to(torch.int32), scores=scores, ids=split.ids,
                            stamp=np.asarray(stamp))
         log.info("sequence-level KD: teacher sequences written to %s", path)
     return sequences, scores
