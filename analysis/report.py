@@ -4,9 +4,11 @@
 
 RUNS are run dirs or folders containing them (sweep dirs). Teachers named by the runs are
 added even when they live elsewhere. Every section states what it could not compute and why
-(no teacher, one seed, no intermediate features, ...) instead of failing; inconsistent
-artifacts (e.g. different probe sets) still raise :class:`ArtifactError`, because a report
-built on them would show wrong numbers.
+(no teacher, one seed, no intermediate features, ...) instead of failing. Run dirs that are
+incomplete, failed or corrupt (including unreadable per-example arrays), and second copies of
+one run under another experiment folder, are left out, each named once under "Notes on the
+inputs". Artifacts that are inconsistent across runs (e.g. different probe sets) stop only the
+section that needs them, with the reason in its place, since its numbers would be wrong.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ import pandas as pd  # noqa: E402
 
 from analysis import agreement as agr  # noqa: E402
 from analysis import calibration, figures, maps, similarity, tables  # noqa: E402
-from analysis.runs import Run, find_runs, order_splits, runs_frame, with_teachers  # noqa: E402
+from analysis.runs import (  # noqa: E402
+    Run,
+    RunProblem,
+    find_runs,
+    order_splits,
+    readable_runs,
+    runs_frame,
+    with_teachers,
+)
+from biaskd.errors import ArtifactError  # noqa: E402
 
 #: Metrics shown in the per-split tables when present (others still go to the CSV).
 HEADLINE_METRICS = ("accuracy", "a_accuracy", "d_accuracy", "ece", "perplexity")
@@ -208,6 +219,7 @@ def _agreement_pairs(runs: list[Run]) -> tuple[list[tuple[Run, Run]], list[str]]
     (independent run of the student's model, same teacher) matched by seed when possible."""
     pairs, problems = [], []
     indep = [r for r in runs if r.distill == "none"]
+    ids = {r.run_id for r in runs}
     seen = set()
     for r in runs:
         if r.teacher_path is None:
@@ -216,6 +228,9 @@ def _agreement_pairs(runs: list[Run]) -> tuple[list[tuple[Run, Run]], list[str]]
             t = r.teacher
         except Exception as exc:  # ArtifactError: dangling teacher reference
             problems.append(str(exc))
+            continue
+        if t.run_id not in ids:  # left out of the report (see the notes on the inputs)
+            problems.append(f"run {r.run_id}: its teacher {t.run_id} is not among the runs analysed.")
             continue
         for pair in [(r, t)] + [(i, t) for i in indep
                                 if i.task == r.task and i.model == r.model and i.seed == r.seed and i != t]:
@@ -432,11 +447,6 @@ def section_basins(rep: Report, runs: list[Run], max_pairs: int = 3) -> None:
 def section_drift(rep: Report, runs: list[Run]) -> None:
     """Runs that continued from a distilled student without its teacher (``train.init_from``):
     does the student leave its teacher's basin, and what happens to its OOD accuracy?"""
-    import os
-
-    from analysis.basins import barrier, run_linear_path
-    from analysis.runs import load_run
-
     drifts = [r for r in runs if r.meta.get("init_from")]
     if not drifts:
         return
@@ -446,30 +456,45 @@ def section_drift(rep: Report, runs: list[Run]) -> None:
           "along the straight line from start to end weights.")
     rows = []
     for r in sorted(drifts, key=lambda r: (r.task, r.model, r.seed)):
-        start = load_run(os.path.normpath(r.path.parent / r.meta["init_from"]))
-        teacher = start.teacher
-        others = [s for s in r.output_splits() if s != "test"]
-        preferred = [s for s in ("translated_s3", "translated", "attractors_4", "test_deep") if s in others]
-        cka = {}
+        try:
+            rows += _drift_rows(rep, r)
+        except ArtifactError as exc:  # the start run or its teacher cannot be read
+            rep.missing(f"{r.run_id} left out: {exc}")
+    if rows:
+        rep.table(pd.DataFrame(rows), csv="drift.csv")
+
+
+def _drift_rows(rep: Report, r: Run) -> list[dict]:
+    import os
+
+    from analysis.basins import barrier, run_linear_path
+    from analysis.runs import load_run
+
+    start = load_run(os.path.normpath(r.path.parent / r.meta["init_from"]))
+    teacher = start.teacher
+    others = [s for s in r.output_splits() if s != "test"]
+    preferred = [s for s in ("translated_s3", "translated", "attractors_4", "test_deep") if s in others]
+    cka = {}
+    if teacher is not None:
+        tf = teacher.features().features
+        cka = {"cka_teacher_start": similarity.linear_cka(start.features().features, tf),
+               "cka_teacher_end": similarity.linear_cka(r.features().features, tf)}
+    rows = []
+    for split in ["test"] + (preferred or others)[:1]:
+        row = {"task": r.task, "model": r.model, "seed": r.seed, "start": start.run_id, "split": split,
+               "acc_start": start.metrics["splits"][split]["accuracy"],
+               "acc_end": r.metrics["splits"][split]["accuracy"], **cka}
         if teacher is not None:
-            tf = teacher.features().features
-            cka = {"cka_teacher_start": similarity.linear_cka(start.features().features, tf),
-                   "cka_teacher_end": similarity.linear_cka(r.features().features, tf)}
-        for split in ["test"] + (preferred or others)[:1]:
-            row = {"task": r.task, "model": r.model, "seed": r.seed, "start": start.run_id, "split": split,
-                   "acc_start": start.metrics["splits"][split]["accuracy"],
-                   "acc_end": r.metrics["splits"][split]["accuracy"], **cka}
-            if teacher is not None:
-                t = teacher.outputs(split).logits
-                row["agree_teacher_start"] = agr.top1_agreement(start.outputs(split).logits, t)
-                row["agree_teacher_end"] = agr.top1_agreement(r.outputs(split).logits, t)
-            try:
-                path = run_linear_path(start, r, split)
-                row["barrier"] = barrier(path["lambda"], path["loss"])
-            except Exception as exc:  # data not where it was at training time, etc.
-                rep.missing(f"{start.run_id} → {r.run_id} on `{split}`: {exc}")
-            rows.append(row)
-    rep.table(pd.DataFrame(rows), csv="drift.csv")
+            t = teacher.outputs(split).logits
+            row["agree_teacher_start"] = agr.top1_agreement(start.outputs(split).logits, t)
+            row["agree_teacher_end"] = agr.top1_agreement(r.outputs(split).logits, t)
+        try:
+            path = run_linear_path(start, r, split)
+            row["barrier"] = barrier(path["lambda"], path["loss"])
+        except Exception as exc:  # data not where it was at training time, etc.
+            rep.missing(f"{start.run_id} → {r.run_id} on `{split}`: {exc}")
+        rows.append(row)
+    return rows
 
 
 def section_calibration(rep: Report, runs: list[Run]) -> None:
@@ -521,30 +546,49 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, measure: str =
     rep = Report(out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runs = with_teachers(find_runs(*paths))
+        runs = readable_runs(with_teachers(find_runs(*paths)))
         frame = runs_frame(runs)
     rep.lines += ["# biaskd analysis report", "",
                   f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
                   f"`python -m analysis.report`.", ""]
-    notes = sorted({str(w.message) for w in caught})
+    notes = _notes(caught)
     if notes:
         rep.h(2, "Notes on the inputs")
         rep.lines += [f"- {n}" for n in notes] + [""]
     if not runs:
         rep.missing("no complete run dirs found under " + ", ".join(map(str, paths)) + ".")
         return rep.write()
-    section_runs(rep, runs, frame, [str(p) for p in paths])
-    section_metrics(rep, frame)
-    section_severity(rep, frame)
-    section_transfer(rep, frame)
-    section_paired(rep, frame)
-    section_agreement(rep, runs)
-    section_similarity(rep, runs, measure, seed)
-    section_paths(rep, runs, measure, seed)
-    section_basins(rep, runs)
-    section_drift(rep, runs)
-    section_calibration(rep, runs)
+    sections = [
+        (section_runs, runs, frame, [str(p) for p in paths]),
+        (section_metrics, frame),
+        (section_severity, frame),
+        (section_transfer, frame),
+        (section_paired, frame),
+        (section_agreement, runs),
+        (section_similarity, runs, measure, seed),
+        (section_paths, runs, measure, seed),
+        (section_basins, runs),
+        (section_drift, runs),
+        (section_calibration, runs),
+    ]
+    for section, *args in sections:
+        try:
+            section(rep, *args)
+        except ArtifactError as exc:  # artifacts inconsistent across runs: this section only
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+            rep.missing(f"this section stopped: {exc}")
     return rep.write()
+
+
+def _notes(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """The warnings' messages, sorted, with one (the first) per run dir a :class:`RunProblem` names."""
+    notes: dict[object, str] = {}
+    for w in caught:
+        key = w.message.path.resolve() if isinstance(w.message, RunProblem) else str(w.message)
+        notes.setdefault(key, str(w.message))
+    return sorted(set(notes.values()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,11 @@ A run dir is what one training run leaves behind::
 and file; per-example arrays are read only when asked for (:meth:`Run.outputs`,
 :meth:`Run.features`), and re-read on every call rather than cached, so iterating over a
 50-run sweep never holds all their outputs at once.
+
+:func:`find_runs` leaves out what it cannot use -- incomplete, failed or corrupt run dirs, and
+second copies of one run (the same run id, i.e. config hash and seed, under two experiment
+folders) -- with one :class:`RunProblem` warning each; :func:`readable_runs` does the same for
+runs whose per-example arrays cannot be read.
 """
 
 from __future__ import annotations
@@ -73,8 +78,20 @@ FRAME_COLUMNS = RUN_COLUMNS + ["split", "metric", "value"]
 _STEP_RE = re.compile(r"^step_(\d+)\.(npz|pt)$")
 
 
+#: Files that make a folder a run dir (a run dir that lost its meta.json is still one).
+RUN_MARKERS = ("meta.json", "COMPLETE", "FAILED")
+
+
 class IncompleteRunError(ArtifactError):
     """The run dir has no COMPLETE marker (still running, killed, or failed)."""
+
+
+class RunProblem(UserWarning):
+    """A warning about one run dir (``path``): left out of an analysis, or read only in part."""
+
+    def __init__(self, path: str | os.PathLike, message: str):
+        super().__init__(message)
+        self.path = Path(path)
 
 
 @dataclass(frozen=True)
@@ -131,7 +148,7 @@ def _load_npz(path: Path, run: str, required: Iterable[str]) -> dict[str, np.nda
     if not path.is_file():
         raise ArtifactError(f"run {run}: missing {path.relative_to(path.parents[1])} ({path})")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:  # closed even if np.load fails
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # zipfile / ValueError / OSError: all mean a corrupt file
         raise ArtifactError(f"run {run}: cannot read {path}: {exc}") from exc
@@ -251,7 +268,8 @@ class Run:
         if not ref:
             return None
         p = Path(ref)
-        return p if p.is_absolute() else (self.path.parent / p)
+        # normalised, so that students in different sweep folders name their teacher alike
+        return p if p.is_absolute() else Path(os.path.normpath(self.path.parent / p))
 
     @cached_property
     def teacher(self) -> "Run | None":
@@ -435,11 +453,12 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[Run]:
-    """All run dirs (dirs with meta.json) at or below ``paths``, sorted by path.
+    """All run dirs (dirs with meta.json, COMPLETE or FAILED) at or below ``paths``, sorted by path.
 
-    Incomplete and failed runs are skipped with a warning; a complete but corrupt run raises
-    :class:`ArtifactError`. Run dirs are not searched for nested runs. A run reachable via
-    two paths is returned once.
+    Incomplete, failed and corrupt runs (missing or invalid meta.json / metrics.json) are
+    skipped with one :class:`RunProblem` warning each naming the dir and the problem. Run dirs
+    are not searched for nested runs. A run reachable via two paths is returned once, and so is
+    a run found in two folders under one run id (see :func:`unique_runs`).
     """
     found: dict[Path, Run] = {}
     for root in paths:
@@ -447,7 +466,7 @@ def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[R
         if not root.exists():
             raise ArtifactError(f"runs path {root} does not exist")
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if "meta.json" not in filenames:
+            if not any(m in filenames for m in RUN_MARKERS):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 continue
             dirnames[:] = []  # a run dir is a leaf
@@ -457,9 +476,31 @@ def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[R
                 continue
             try:
                 found[key] = load_run(p)
-            except IncompleteRunError as exc:
-                warnings.warn(f"skipping {exc}", stacklevel=2)
-    return [found[k] for k in sorted(found, key=str)]
+            except ArtifactError as exc:
+                warnings.warn(RunProblem(p, f"skipping {exc}"), stacklevel=2)
+    return unique_runs(found[k] for k in sorted(found, key=str))
+
+
+def unique_runs(runs: Iterable[Run]) -> list[Run]:
+    """``runs`` with one run per run id, the first of each kept.
+
+    A run id holds the config hash and seed, so two run dirs with one id are one config run
+    twice -- typically a job rerun under another ``experiment_name``. Analyses index runs by
+    id, so the copies after the first are left out, with one warning naming them all and
+    saying whether their metrics equal the kept run's.
+    """
+    kept: dict[str, Run] = {}
+    dropped = []
+    for r in runs:
+        first = kept.setdefault(r.run_id, r)
+        if first is not r and first != r:
+            same = "same metrics" if first.metrics.get("splits") == r.metrics.get("splits") else "metrics differ"
+            dropped.append(f"{r.path} (kept {first.path}; {same})")
+    if dropped:
+        warnings.warn(f"{len(dropped)} run dir(s) left out as second copies of a run (same run id, i.e. config "
+                      f"hash and seed; e.g. rerun under another experiment_name): {', '.join(dropped)}",
+                      stacklevel=3)
+    return list(kept.values())
 
 
 def _flatten_metrics(d: Mapping, prefix: str = "") -> Iterable[tuple[str, float]]:
@@ -481,7 +522,7 @@ def run_record(run: Run) -> dict:
         try:
             teacher_id = run.teacher.run_id if run.teacher is not None else None
         except ArtifactError as exc:
-            warnings.warn(f"{exc}; teacher_run left empty", stacklevel=3)
+            warnings.warn(RunProblem(run.teacher_path, f"{exc}; teacher_run left empty"), stacklevel=3)
     return {
         "run": run.run_id,
         "run_dir": str(run.path),
@@ -521,17 +562,48 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
 
 
 def with_teachers(runs: Iterable[Run]) -> list[Run]:
-    """``runs`` plus every teacher they name that is not already among them."""
+    """``runs`` plus every teacher they name that is not already among them (as the same dir
+    or the same run id); a teacher that cannot be loaded is left out with a :class:`RunProblem`."""
     runs = list(runs)
     seen = set(runs)
+    ids = {r.run_id for r in runs}
     out = list(runs)
     for r in runs:
         try:
             t = r.teacher
         except ArtifactError as exc:
-            warnings.warn(str(exc), stacklevel=2)
+            warnings.warn(RunProblem(r.teacher_path, str(exc)), stacklevel=2)
             continue
-        if t is not None and t not in seen:
+        if t is not None and t not in seen and t.run_id not in ids:
             seen.add(t)
+            ids.add(t.run_id)
             out.append(t)
+    return out
+
+
+def check_arrays(run: Run) -> None:
+    """Read every per-example array of ``run`` (outputs of each split, final and step
+    features) once; raises :class:`ArtifactError` naming the first that is missing or corrupt."""
+    for split in run.output_splits():
+        run.outputs(split)
+    if run.has_features("final"):
+        run.features("final")
+    for step in run.feature_steps():
+        run.features(step)
+
+
+def readable_runs(runs: Iterable[Run]) -> list[Run]:
+    """The runs whose per-example arrays all load (:func:`check_arrays`); each other run is left
+    out with one :class:`RunProblem` warning naming its dir and the first bad file.
+
+    Reads every array once, so later analyses can read them without failing half-way.
+    """
+    out = []
+    for r in runs:
+        try:
+            check_arrays(r)
+        except ArtifactError as exc:
+            warnings.warn(RunProblem(r.path, f"skipping {r.path}: {exc}"), stacklevel=2)
+            continue
+        out.append(r)
     return out

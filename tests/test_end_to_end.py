@@ -1,13 +1,16 @@
 """A tiny teacher -> distilled student run that writes complete run dirs."""
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
+import biaskd.train
 from biaskd import artifacts
 from biaskd.artifacts import RunDir
-from biaskd.train import load_model, train
+from biaskd.models import build_model
+from biaskd.train import build_data, load_model, predict_logits, train
 
 EXPECTED_FILES = ["COMPLETE", "meta.json", "config.yaml", "metrics.json", "model.pt",
                   "outputs/test.npz", "outputs/shifted.npz", "features/final.npz",
@@ -70,10 +73,44 @@ def test_teacher_is_trained_once_and_reused(compose_tiny):
     assert (s2.teacher_dir / "COMPLETE").stat().st_mtime_ns == t_stamp
 
 
-def test_online_distillation_trains_both(compose_tiny):
-    run = train(compose_tiny("distill=online"))
+class TeacherSnapshots(L.Callback):
+    """The online teacher's weights when training starts and when it ends."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.initial = {k: v.detach().clone() for k, v in pl_module.teacher.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module):
+        self.final = {k: v.detach().clone() for k, v in pl_module.teacher.state_dict().items()}
+
+
+def test_online_distillation_trains_both(compose_tiny, monkeypatch):
+    snapshots = TeacherSnapshots()
+    make_trainer = biaskd.train.make_trainer
+
+    def make_trainer_with_snapshots(*args, **kwargs):
+        trainer = make_trainer(*args, **kwargs)
+        trainer.callbacks.append(snapshots)
+        return trainer
+
+    monkeypatch.setattr(biaskd.train, "make_trainer", make_trainer_with_snapshots)
+    cfg = compose_tiny("distill=online", "trainer.max_epochs=10")  # 4 classes: chance is 0.25
+    run = train(cfg)
     assert run.is_complete and run.meta["distill"] == "online"
-    assert run.metrics["splits"]["test"]["accuracy"] > 0.25
+    # the teacher learned: every weight moved from its initialisation ...
+    initial, final = snapshots.initial, snapshots.final
+    assert all(not torch.equal(initial[k], final[k]) for k in final), "an online teacher weight did not change"
+    # ... its final weights are the ones in the run's Lightning checkpoint ...
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k, v in final.items():
+        torch.testing.assert_close(saved[f"teacher.{k}"], v)
+    # ... and both models are well above chance on the test split
+    data = build_data(cfg)
+    teacher = build_model(cfg.teacher.model, data)
+    teacher.load_state_dict(final)
+    test = data.evals["test"]
+    teacher_acc = float((predict_logits(teacher.eval(), test.x).argmax(1) == torch.as_tensor(test.y)).float().mean())
+    assert teacher_acc > 0.6
+    assert run.metrics["splits"]["test"]["accuracy"] > 0.5
 
 
 def test_wandb_offline_run_dir_holds_logged_metrics(compose_tiny, monkeypatch):

@@ -1,6 +1,5 @@
 """Sequence-level KD for the LM setup (Kim & Rush 2016): decoding, the student's training split,
 its cache, the α mix, and config validation."""
-import inspect
 import itertools
 import logging
 import math
@@ -477,17 +476,10 @@ def test_lm_module_trains_the_sequence_level_student_without_a_teacher(compose_t
     assert plain._sources is None and plain.loss_step(batch, 0).item() == pytest.approx(ce.item(), rel=1e-5)
 
 
-# -- end to end (needs the driver to build the split; see the docstring) -----------------------------------
-DRIVER_WIRED = "sequence_level_split" in inspect.getsource(biaskd.train)
-
-
+# -- end to end -------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.xfail(not DRIVER_WIRED, strict=True, raises=ValueError,
-                   reason="biaskd.train does not build the sequence-level KD split yet")
 def test_seqkd_lm_run_end_to_end(compose_tiny):
-    """LSTM teacher -> causal Transformer student with distill=seqkd through biaskd.train.train.
-    Expected to fail (xfail, strict) until the driver trains the student on
-    ``sequence_level_split(...)`` and passes it to ``lm_module(..., fit=fit)``."""
+    """LSTM teacher -> causal Transformer student with distill=seqkd through biaskd.train.train."""
     cfg = compose_tiny(*TINY_LM, "distill=seqkd", "distill.seqkd.beam_width=2")
     run = biaskd.train.train(cfg)
     meta = run.meta

@@ -78,5 +78,18 @@ def test_state_dicts_load_from_run_dirs(sva_sweep):
     torch.testing.assert_close(final["0.weight"], run.state_dict(1000)["0.weight"])
     model = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))  # noqa: E731
     x = torch.randn(16, 4)
-    path = linear_path(model, sd0, final, lambda m: (float(m(x).pow(2).mean()), 0.0), lambdas=[0, 0.5, 1])
-    assert barrier(path["lambda"], path["loss"]) >= 0
+
+    def loss(m):
+        return float(m(x).pow(2).mean()), 0.0
+
+    path = linear_path(model, sd0, final, loss, lambdas=[0, 0.5, 1])
+    mid = model()
+    mid.load_state_dict({k: (sd0[k] + final[k]) / 2 for k in sd0})
+    with torch.no_grad():
+        assert path["loss"][1] == pytest.approx(loss(mid)[0], rel=1e-6)
+    l0, l_mid, l1 = path["loss"]
+    assert barrier(path["lambda"], path["loss"]) == pytest.approx(max(0.0, l_mid - (l0 + l1) / 2))
+    # identical end points: a flat path, no barrier
+    flat = linear_path(model, final, final, loss, lambdas=[0, 0.3, 0.7, 1])
+    assert flat["loss"].nunique() == 1
+    assert barrier(flat["lambda"], flat["loss"]) == pytest.approx(0.0, abs=1e-12)

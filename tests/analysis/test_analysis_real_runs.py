@@ -36,6 +36,10 @@ def test_analysis_on_real_run_dirs(real_runs):
     paths = training_paths(real_runs)
     assert set(paths["run"]) == {r.run_id for r in real_runs} and paths["is_final"].sum() == 3
     lp = run_linear_path(indep, student, lambdas=[0, 0.5, 1])
-    assert lp.loc[0, "accuracy"] == pytest.approx(indep.metric("test", "accuracy"))
-    assert lp.loc[2, "accuracy"] == pytest.approx(student.metric("test", "accuracy"))
-    assert barrier(lp["lambda"], lp["loss"]) >= 0
+    for i, run in ((0, indep), (2, student)):  # the end points are the two runs as trained
+        assert lp.loc[i, "accuracy"] == pytest.approx(run.metric("test", "accuracy"))
+        assert lp.loc[i, "loss"] == pytest.approx(run.metric("test", "loss"), rel=1e-5)
+    l0, l_mid, l1 = lp["loss"]
+    assert barrier(lp["lambda"], lp["loss"]) == pytest.approx(max(0.0, l_mid - (l0 + l1) / 2))
+    flat = run_linear_path(student, student, lambdas=[0, 0.5, 1])  # one solution: no barrier
+    assert flat["loss"].nunique() == 1 and barrier(flat["lambda"], flat["loss"]) == pytest.approx(0.0, abs=1e-9)
