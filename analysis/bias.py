@@ -16,10 +16,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.special import log_softmax
 
 from biaskd.data.ood import OOD_TRANSFORMS
 from biaskd.errors import ArtifactError
+from biaskd.metrics import teacher_signal
 
 from analysis.agreement import _as_array, agreement_table
 from analysis.runs import FRAME_COLUMNS, Run, run_record
@@ -185,29 +185,6 @@ def transferred_share(m_kd, m_indep, m_teacher, min_gap: float = 1e-9):
 
 
 # -- what the teacher gave -------------------------------------------------------------------------
-def teacher_signal(logits, labels, temperature: float = 1.0) -> dict:
-    """What soft targets at temperature T carry, over a set of inputs with gold labels:
-
-    * ``p_gold``: mean teacher probability of the gold class at T;
-    * ``entropy``: mean entropy (nats) of the teacher's distribution at T;
-    * ``top_not_gold``: share of inputs whose teacher top class is not the gold label (the
-      teacher's "errors", which KD passes on; independent of T).
-    """
-    z = _as_array(logits).astype(np.float64)
-    y = _as_array(labels).astype(np.int64).ravel()
-    if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
-        raise ValueError(f"expected (n, C) logits and (n,) labels, got {z.shape} and {y.shape}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    logp = log_softmax(z / float(temperature), axis=1)
-    p = np.exp(logp)
-    entropy = -np.sum(np.where(p > 0, p * logp, 0.0), axis=1)
-    return {"n": int(len(y)), "temperature": float(temperature),
-            "p_gold": float(p[np.arange(len(y)), y].mean()),
-            "entropy": float(entropy.mean()),
-            "top_not_gold": float(np.mean(np.argmax(z, axis=1) != y))}
-
-
 def teacher_signal_table(run: Run, temperature: float | None = None,
                          splits: Sequence[str] | None = None) -> pd.DataFrame:
     """:func:`teacher_signal` of a teacher on each of its eval splits (saved outputs).

@@ -31,6 +31,34 @@ def ece(logits: torch.Tensor, labels: torch.Tensor) -> float:
     )
 
 
+def teacher_signal(logits, labels, temperature: float = 1.0) -> dict:
+    """What soft targets at temperature T carry beyond the labels, over inputs with gold labels:
+
+    * ``p_gold``: mean teacher probability of the gold class at T;
+    * ``entropy``: mean entropy (nats) of the teacher's distribution at T;
+    * ``top_not_gold``: share of inputs whose teacher top class is not the gold label (the
+      teacher's "errors", which KD passes on; independent of T).
+
+    Soft targets with ``p_gold`` near 1 are nearly the gold labels: distillation on such inputs
+    can pass on little that the labels do not. Computed in float64.
+    """
+    z = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits, dtype=np.float64)
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64).ravel()
+    if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
+        raise ValueError(f"expected (n, C) logits and (n,) labels, got {z.shape} and {y.shape}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    zt = z / float(temperature)
+    logp = zt - zt.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    p = np.exp(logp)
+    entropy = -np.sum(np.where(p > 0, p * logp, 0.0), axis=1)
+    return {"n": int(len(y)), "temperature": float(temperature),
+            "p_gold": float(p[np.arange(len(y)), y].mean()),
+            "entropy": float(entropy.mean()),
+            "top_not_gold": float(np.mean(np.argmax(z, axis=1) != y))}
+
+
 def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(torch.nn.functional.cross_entropy(logits.float(), labels))
 

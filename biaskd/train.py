@@ -32,7 +32,7 @@ from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import PAD_ID, Split, TensorBatches
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ArtifactError, ConfigError, TrainingError
-from biaskd.metrics import split_metrics
+from biaskd.metrics import split_metrics, teacher_signal
 from biaskd.models import build_model, check_model
 from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, ThrottledProgressBar, TrainingPathRecorder,
                                      batched_features)
@@ -286,6 +286,15 @@ def teacher_cache(teacher_run: RunDir, teacher: torch.nn.Module, data: TaskData,
                 found[key] = computed[key]
                 artifacts.save_npz(paths[key], digest=True, **{key: computed[key]}, ids=split.ids)
     return Outputs(found["logits"], found.get("features"))
+
+
+def transfer_signal(teacher: torch.nn.Module, train_split: Split, transfer_set: Split | None,
+                    temperature: float) -> dict[str, dict]:
+    """:func:`biaskd.metrics.teacher_signal` of the teacher's outputs on the inputs a student was
+    distilled on: the labelled training set and the transfer inputs (their gold labels)."""
+    parts = {"train": train_split, "transfer": transfer_set}
+    return {name: teacher_signal(predict_logits(teacher, split.x), split.y, temperature)
+            for name, split in parts.items() if split is not None and len(split)}
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -612,6 +621,9 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, spec, transfer_set,
         "splits": splits,
         "train": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch), "wall_time_s": wall},
     }
+    if mode in ("self", "cross") and not is_lm(data):  # what the soft targets carried beyond the labels
+        metrics["teacher_signal"] = transfer_signal(teacher_model, data.train, transfer_set,
+                                                    float(cfg.distill.temperature))
     artifacts.write_json(run / "metrics.json", metrics)
     if (cfg.get("logger") or {}).get("wandb", {}).get("log_predictions", False):
         from biaskd.wandb_logging import log_predictions

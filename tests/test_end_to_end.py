@@ -183,3 +183,22 @@ def test_init_from_continues_a_distilled_student_without_its_teacher(compose_tin
     (student / "COMPLETE").unlink()
     with pytest.raises(ArtifactError, match="incomplete"):
         train(compose_tiny("distill=none", f"train.init_from={student.path}", "seed=5"))
+
+
+def test_distilled_run_records_what_its_soft_targets_carried(compose_tiny):
+    from biaskd.config import teacher_config
+    from biaskd.metrics import teacher_signal
+    from biaskd.train import build_data, predict_logits
+
+    cfg = compose_tiny("distill=cross", "distill.temperature=3.0")
+    run = train(cfg)
+    signal = run.metrics["teacher_signal"]
+    assert set(signal) == {"train"}  # no transfer inputs in this run
+    data = build_data(teacher_config(cfg))
+    z = predict_logits(load_model(run.teacher_dir), data.train.x).double()
+    p = torch.softmax(z / 3.0, dim=1)
+    assert signal["train"]["n"] == 256 and signal["train"]["temperature"] == 3.0
+    assert signal["train"]["p_gold"] == pytest.approx(float(p[torch.arange(256), data.train.y].mean()), abs=1e-6)
+    assert signal["train"]["entropy"] == pytest.approx(float(-(p * p.log()).sum(1).mean()), abs=1e-6)
+    assert signal["train"]["top_not_gold"] == pytest.approx(float((z.argmax(1) != data.train.y).double().mean()))
+    assert teacher_signal([[0.0, 0.0]], [1])["p_gold"] == 0.5  # two equal logits: p = 1/2, by hand
