@@ -39,10 +39,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from biaskd.artifacts import check_file
 from biaskd.errors import ArtifactError
 
 FORMAT = "biaskd-run"
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = (1, 2)  # 2 adds MANIFEST.json (checked on every read)
 REQUIRED_META_KEYS = (
     "format",
     "format_version",
@@ -139,6 +140,7 @@ def _read_json(path: Path, run: str) -> Any:
     if not path.is_file():
         raise ArtifactError(f"run {run}: missing {path.name} ({path})")
     try:
+        check_file(path)
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"run {run}: {path.name} is not valid JSON ({path}): {exc}") from exc
@@ -147,6 +149,7 @@ def _read_json(path: Path, run: str) -> Any:
 def _load_npz(path: Path, run: str, required: Iterable[str]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise ArtifactError(f"run {run}: missing {path.relative_to(path.parents[1])} ({path})")
+    check_file(path)
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:  # closed even if np.load fails
             arrays = {k: npz[k] for k in npz.files}
@@ -408,6 +411,7 @@ class Run:
                 )
         if not path.is_file():
             raise ArtifactError(f"run {self.run_id}: missing {path.name} ({path})")
+        check_file(path)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:

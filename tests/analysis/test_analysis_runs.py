@@ -94,7 +94,7 @@ def test_incomplete_and_failed_runs_are_skipped_with_warning_and_refused_directl
     (lambda d: (d / "metrics.json").unlink(), "missing metrics.json"),
     (lambda d: (d / "meta.json").write_text("{not json"), "not valid JSON"),
     (lambda d: (d / "metrics.json").write_text('{"train": {}}'), "splits"),
-    (lambda d: _edit_meta(d, format_version=2), "unsupported format"),
+    (lambda d: _edit_meta(d, format_version=99), "unsupported format"),
     (lambda d: _edit_meta(d, drop="model"), "lacks"),
 ])
 def test_corrupt_run_dir_raises_artifact_error(copy_run, damage, match):
