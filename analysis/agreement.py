@@ -17,70 +17,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.special import rel_entr
 
 from biaskd.errors import ArtifactError
+# one definition for the training driver (which logs them per run) and the analysis
+from biaskd.measures import LN2, as_array as _as_array, from_logits, js_divergence, top1_agreement
 
 from analysis.runs import Outputs, Run, order_splits
 
-LN2 = math.log(2.0)
-
-
-def _as_array(x) -> np.ndarray:
-    """numpy view of a numpy array or (CPU/GPU, grad or not) torch tensor."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _check_pair(p: np.ndarray, q: np.ndarray) -> None:
-    if p.ndim != 2 or p.shape != q.shape:
-        raise ValueError(f"expected two (n, C) arrays of equal shape, got {p.shape} and {q.shape}")
-    if p.shape[0] == 0:
-        raise ValueError("no examples")
-
-
-def from_logits(logits, temperature: float = 1.0) -> np.ndarray:
-    """Softmax over the last axis in float64, shifted by the row max so it cannot overflow."""
-    z = _as_array(logits).astype(np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top1_agreement(p, q) -> float:
-    """Fraction of examples where ``argmax p == argmax q``.
-
-    Works on probabilities or logits alike (softmax keeps the argmax).
-    """
-    p, q = _as_array(p), _as_array(q)
-    _check_pair(p, q)
-    return float(np.mean(np.argmax(p, axis=1) == np.argmax(q, axis=1)))
-
-
-def js_divergence(p, q, *, per_example: bool = False, atol: float = 1e-4):
-    """Jensen-Shannon divergence of two (n, C) probability arrays, natural log.
-
-    ``JS(p, q) = KL(p || m)/2 + KL(q || m)/2`` with ``m = (p + q)/2``; in [0, ln 2]. Zero
-    probabilities are handled exactly (``0 log 0 = 0``), so one-hot rows are fine. Returns the
-    mean over examples, or the per-example values with ``per_example=True``.
-
-    Rows must be probability vectors (non-negative, summing to 1 within ``atol``); pass logits
-    through :func:`from_logits` first -- silently treating logits as probabilities would give a
-    meaningless number, so that raises ``ValueError``.
-    """
-    p = _as_array(p).astype(np.float64)
-    q = _as_array(q).astype(np.float64)
-    _check_pair(p, q)
-    for name, a in (("p", p), ("q", q)):
-        if np.any(a < 0) or not np.allclose(a.sum(axis=1), 1.0, atol=atol, rtol=0):
-            raise ValueError(
-                f"{name} rows are not probability distributions (use from_logits for logits)"
-            )
-    m = 0.5 * (p + q)
-    js = 0.5 * rel_entr(p, m).sum(axis=1) + 0.5 * rel_entr(q, m).sum(axis=1)
-    js = np.clip(js, 0.0, LN2)
-    return js if per_example else float(js.mean())
+__all__ = ["LN2", "from_logits", "top1_agreement", "js_divergence", "error_consistency", "agreement_metrics",
+           "agreement_table", "check_same_examples", "AGREEMENT_COLUMNS"]
 
 
 def error_consistency(correct_a, correct_b) -> float:

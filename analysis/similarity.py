@@ -19,66 +19,11 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from biaskd.errors import ArtifactError
+# linear CKA is shared with the training driver, which logs it per run (probe/teacher_cka)
+from biaskd.measures import center as _center, cross_sq as _cross_sq, feature_pair as _as_pair, linear_cka
+from biaskd.measures import ratio_or_nan as _ratio, self_norm as _self_norm
 
 from analysis.runs import Features, Run
-
-
-def _as_pair(X, Y) -> tuple[np.ndarray, np.ndarray]:
-    if hasattr(X, "detach"):
-        X = X.detach().cpu().numpy()
-    if hasattr(Y, "detach"):
-        Y = Y.detach().cpu().numpy()
-    X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
-    if X.ndim != 2 or Y.ndim != 2:
-        raise ValueError(f"features must be 2-d (n, d), got {X.shape} and {Y.shape}")
-    if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y must have the same examples (rows): {X.shape[0]} != {Y.shape[0]}")
-    if X.shape[0] < 2:
-        raise ValueError("need at least 2 examples")
-    return X, Y
-
-
-def _center(X: np.ndarray) -> np.ndarray:
-    return X - X.mean(axis=0, keepdims=True)
-
-
-def _ratio(num: float, den: float, what: str) -> float:
-    if not den > 0 or not math.isfinite(den):
-        warnings.warn(f"{what}: a representation has zero variance; similarity undefined (NaN)",
-                      RuntimeWarning, stacklevel=3)
-        return math.nan
-    return float(num / den)
-
-
-# --- linear CKA ---------------------------------------------------------------------------------
-def _self_norm(Xc: np.ndarray) -> float:
-    """||Xc^T Xc||_F = ||Xc Xc^T||_F, through whichever product is smaller."""
-    n, d = Xc.shape
-    G = Xc @ Xc.T if n < d else Xc.T @ Xc
-    return float(np.linalg.norm(G))
-
-
-def _cross_sq(Xc: np.ndarray, Yc: np.ndarray) -> float:
-    """||Yc^T Xc||_F^2 = <Xc Xc^T, Yc Yc^T>, through whichever products are smaller."""
-    n = Xc.shape[0]
-    if n < min(Xc.shape[1], Yc.shape[1]):
-        return float(np.vdot(Xc @ Xc.T, Yc @ Yc.T))
-    return float(np.linalg.norm(Yc.T @ Xc) ** 2)
-
-
-def linear_cka(X, Y) -> float:
-    """Linear CKA (Kornblith et al. 2019): ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)``.
-
-    X, Y are column-centred here. The products are d x d (feature space), so memory and time
-    grow with n only linearly; only when n is smaller than both feature dims is the (then
-    smaller) n x n Gram form used instead. Invariant to orthogonal transforms and isotropic
-    scaling of either side; 1 for identical representations; NaN (with a warning) if one side
-    is constant.
-    """
-    X, Y = _as_pair(X, Y)
-    Xc, Yc = _center(X), _center(Y)
-    return _ratio(_cross_sq(Xc, Yc), _self_norm(Xc) * _self_norm(Yc), "linear_cka")
 
 
 def _hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
