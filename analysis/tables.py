@@ -214,6 +214,19 @@ def paired_test(kd: dict | pd.Series, indep: dict | pd.Series) -> dict:
     return out
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (step-down; family-wise error control), in input
+    order. NaN p-values are left out of the family and stay NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = [i for i in np.argsort(p, kind="stable") if not np.isnan(p[i])]
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
 def paired_tests(frame: pd.DataFrame, metrics: Sequence[str] = ("accuracy",)) -> pd.DataFrame:
     """Distilled vs independent student of the same model, paired by seed, per task, split,
     metric and KD configuration (see :func:`paired_test`)."""

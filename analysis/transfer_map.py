@@ -1,0 +1,388 @@
+"""The transfer map: when does a teacher's inductive bias reach its student, and when not?
+
+One row per scenario x teacher x student x student epochs x temperature x transfer-set size x
+metric: the distilled student against the independent one and the self-distilled one, paired
+by seed (mean difference, 95% t-interval, paired t-test p), and the transferred share
+``(m_KD - m_indep) / (m_teacher - m_indep)``. Beside it: what each teacher gave (its soft
+targets on the inputs it taught, :func:`biaskd.metrics.teacher_signal`), each teacher's bias
+measured directly, and the figures.
+
+    python -m analysis.transfer_map RUNS... --out results
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.agreement import agreement_metrics
+from analysis.bias import attractor_drop_table, shift_consistency_table
+from analysis.runs import Run, find_runs
+from analysis.tables import mean_ci, paired_test, split_severity
+
+MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "metric",
+               "n_seeds", "m_kd", "m_indep", "m_self", "m_teacher", "diff_vs_independent", "ci_half_width",
+               "p_value", "diff_vs_self", "self_ci_half_width", "p_value_vs_self", "transferred_share", "seeds"]
+
+#: what each metric means, in the order tables list them
+METRICS = {
+    "vision": {
+        "ood_mean": "mean OOD accuracy (mean over families of the mean over severities 1-5)",
+        "translated": "accuracy on translated digits (mean over shifts of 1-5 px)",
+        "scaled": "accuracy on scaled digits (mean over severities 1-5)",
+        "test": "test accuracy (in distribution)",
+        "shift_consistency": "share of test digits whose predicted class is unchanged when shifted (mean over 1-5 px)",
+        "teacher_agreement_ood": "top-1 agreement with the teacher (mean over the OOD splits)",
+    },
+    "language": {
+        "a_accuracy": "A-accuracy: mean accuracy over attractors_1..4",
+        "attractor_drop_4": "accuracy on attractor-free test examples minus accuracy with 4 attractors",
+        "test": "test accuracy (in distribution)",
+        "test_deep": "accuracy on sentences deeper than any trained on",
+        "teacher_agreement_attractors": "top-1 agreement with the teacher (mean over attractors_1..4)",
+    },
+}
+#: metrics where lower is better (the sign of a good transfer is negative)
+LOWER_IS_BETTER = {"attractor_drop_4"}
+
+
+def scenario_of(run: Run) -> str | None:
+    if run.task.startswith("mnist"):
+        return "vision"
+    if run.task.startswith("sva"):
+        return "language"
+    return None
+
+
+def epochs_of(run: Run) -> int:
+    return int(run.config.get("trainer", {}).get("max_epochs"))
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _family_mean(accuracy: dict[str, float], family: str) -> float:
+    return _mean(v for s, v in accuracy.items() if split_severity(s)[0] == family)
+
+
+def run_metrics(run: Run, teacher: Run | None = None) -> dict[str, float]:
+    """The map's metrics of one run; agreement needs the ``teacher`` it is measured against."""
+    acc = {s: run.metric(s, "accuracy") for s in run.splits}
+    scenario = scenario_of(run)
+    out: dict[str, float] = {"test": acc.get("test", math.nan)}
+    if scenario == "vision":
+        families = sorted({split_severity(s)[0] for s in acc if s != "test"})
+        out["ood_mean"] = _mean(_family_mean(acc, f) for f in families)
+        out["translated"] = _family_mean(acc, "translated")
+        out["scaled"] = _family_mean(acc, "scaled")
+        shift = shift_consistency_table([run])
+        out["shift_consistency"] = float(shift["consistency"].mean()) if len(shift) else math.nan
+        agree_on = [s for s in run.output_splits() if s != "test"]
+        out["teacher_agreement_ood"] = _agreement(run, teacher, agree_on)
+    elif scenario == "language":
+        attractors = [f"attractors_{k}" for k in (1, 2, 3, 4)]
+        out["a_accuracy"] = _mean(acc.get(s, math.nan) for s in attractors)
+        out["test_deep"] = acc.get("test_deep", math.nan)
+        drops = attractor_drop_table([run])
+        four = drops[drops["attractors"] == 4]["drop"] if len(drops) else []
+        out["attractor_drop_4"] = float(four.iloc[0]) if len(four) else math.nan
+        out["teacher_agreement_attractors"] = _agreement(run, teacher, attractors)
+    return out
+
+
+def _agreement(run: Run, teacher: Run | None, splits: Sequence[str]) -> float:
+    if teacher is None:
+        return math.nan
+    if teacher.path == run.path:
+        return 1.0
+    have = set(run.output_splits()) & set(teacher.output_splits())
+    return _mean(agreement_metrics(run.outputs(s), teacher.outputs(s))["top1_agreement"] for s in splits if s in have)
+
+
+# -- cells -----------------------------------------------------------------------------------------
+def _key(run: Run) -> tuple:
+    return (scenario_of(run), run.model, epochs_of(run), run.transfer_n, run.seed)
+
+
+def build_cells(runs: Sequence[Run]) -> dict[tuple, dict[int, dict[str, Run]]]:
+    """``cell -> seed -> {"kd", "indep", "self", "teacher"}``; a cell is (scenario, teacher,
+    student, student epochs, T, transfer n) of a cross-distilled student."""
+    indep, self_runs = {}, {}
+    for r in runs:
+        if r.role != "student" or r.objective not in (None, "kd"):
+            continue
+        if r.distill == "none":
+            indep[_key(r)] = r
+        elif r.distill == "self":
+            self_runs[(*_key(r), r.temperature)] = r
+    cells: dict[tuple, dict[int, dict[str, Run]]] = defaultdict(dict)
+    for r in runs:
+        if r.role != "student" or r.distill != "cross" or r.objective not in (None, "kd"):
+            continue
+        scenario, model, epochs, n, seed = _key(r)
+        cell = (scenario, r.teacher_model, model, epochs, r.temperature, n)
+        cells[cell][seed] = {"kd": r, "indep": indep.get(_key(r)), "self": self_runs.get((*_key(r), r.temperature)),
+                             "teacher": r.teacher}
+    return dict(cells)
+
+
+def transfer_map(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The map (one row per cell x metric) and the per-seed values it was computed from."""
+    cache: dict[tuple, dict[str, float]] = {}
+
+    def metrics(run: Run | None, teacher: Run) -> dict[str, float]:
+        if run is None:
+            return {}
+        key = (str(run.path), str(teacher.path))
+        if key not in cache:
+            cache[key] = run_metrics(run, teacher)
+        return cache[key]
+
+    rows, per_seed = [], []
+    for cell, seeds in sorted(build_cells(runs).items(), key=lambda kv: tuple(map(str, kv[0]))):
+        scenario = cell[0]
+        values: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+        for seed, members in sorted(seeds.items()):
+            teacher = members["teacher"]
+            for role in ("kd", "indep", "self", "teacher"):
+                for metric, v in metrics(members[role], teacher).items():
+                    values[metric][role][seed] = v
+                    per_seed.append({**_cell_dict(cell), "seed": seed, "role": role, "metric": metric, "value": v,
+                                     "run": members[role].run_id if members[role] else None})
+        for metric in METRICS[scenario]:
+            if metric in values:
+                rows.append({**_cell_dict(cell), "metric": metric, **compare_cell(values[metric])})
+    return pd.DataFrame(rows, columns=MAP_COLUMNS), pd.DataFrame(per_seed)
+
+
+def compare_cell(values: dict[str, dict[int, float]]) -> dict:
+    """One cell's comparison from per-seed values ``{"kd"|"indep"|"self"|"teacher": {seed: v}}``:
+    the distilled student minus the independent and the self-distilled one, paired by seed, and
+    the transferred share of the teacher-independent gap (ratio of the seed means)."""
+    vs_indep, vs_self = paired_test(values.get("kd", {}), values.get("indep", {})), \
+        paired_test(values.get("kd", {}), values.get("self", {}))
+    m = {role: _mean(values.get(role, {}).values()) for role in ("kd", "indep", "self", "teacher")}
+    gap = m["teacher"] - m["indep"]
+    return {"n_seeds": vs_indep["n_pairs"], "m_kd": m["kd"], "m_indep": m["indep"], "m_self": m["self"],
+            "m_teacher": m["teacher"], "diff_vs_independent": vs_indep["mean_diff"],
+            "ci_half_width": vs_indep["diff_half_width"], "p_value": vs_indep["p_ttest"],
+            "diff_vs_self": vs_self["mean_diff"], "self_ci_half_width": vs_self["diff_half_width"],
+            "p_value_vs_self": vs_self["p_ttest"],
+            "transferred_share": (m["kd"] - m["indep"]) / gap if abs(gap) > 1e-9 else math.nan,
+            "seeds": vs_indep["seeds"]}
+
+
+def _cell_dict(cell: tuple) -> dict:
+    return dict(zip(("scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n"), cell))
+
+
+# -- what the teachers gave and what they are -------------------------------------------------------
+def teacher_signal_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per distilled run: the teacher's soft targets on the inputs it taught (``train``,
+    ``transfer``; recorded by the driver in metrics.json) and on the eval splits (computed here
+    from the teacher's outputs), at the run's temperature."""
+    from biaskd.metrics import teacher_signal
+
+    rows = []
+    for r in runs:
+        if r.role != "student" or r.distill not in ("self", "cross") or scenario_of(r) is None:
+            continue
+        base = {"scenario": scenario_of(r), "teacher": r.teacher_model, "student": r.model, "distill": r.distill,
+                "student_epochs": epochs_of(r), "temperature": r.temperature, "transfer_n": r.transfer_n,
+                "seed": r.seed}
+        for inputs, sig in (r.metrics.get("teacher_signal") or {}).items():
+            rows.append({**base, "inputs": inputs, **sig})
+        teacher = r.teacher
+        eval_splits = [s for s in teacher.output_splits() if s != "test"]
+        sigs = [teacher_signal(o.logits, o.labels, r.temperature) for o in map(teacher.outputs, eval_splits)]
+        if sigs:
+            rows.append({**base, "inputs": "eval (OOD / attractor splits)", "n": sum(s["n"] for s in sigs),
+                         "temperature": r.temperature,
+                         **{k: _mean(s[k] for s in sigs) for k in ("p_gold", "entropy", "top_not_gold")}})
+    return pd.DataFrame(rows)
+
+
+def teacher_bias_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Each teacher's bias, measured directly: vision — accuracy and prediction consistency per
+    shift size c (c = 0: the test set); language — accuracy per attractor count."""
+    rows = []
+    for r in runs:
+        if r.role != "teacher":
+            continue
+        base = {"scenario": scenario_of(r), "model": r.model, "seed": r.seed, "epochs": epochs_of(r)}
+        if scenario_of(r) == "vision":
+            rows.append({**base, "x": 0, "measure": "accuracy", "value": r.metric("test", "accuracy")})
+            rows.append({**base, "x": 0, "measure": "consistency", "value": 1.0})
+            for _, row in shift_consistency_table([r]).iterrows():
+                rows.append({**base, "x": int(row["shift_px"]), "measure": "accuracy", "value": row["accuracy"]})
+                rows.append({**base, "x": int(row["shift_px"]), "measure": "consistency", "value": row["consistency"]})
+        elif scenario_of(r) == "language":
+            by_k = r.metrics["splits"]["test"].get("accuracy_by_attractors") or {}
+            if "0" in by_k:
+                rows.append({**base, "x": 0, "measure": "accuracy", "value": float(by_k["0"])})
+            for k in (1, 2, 3, 4):
+                if f"attractors_{k}" in r.splits:
+                    rows.append({**base, "x": k, "measure": "accuracy", "value": r.metric(f"attractors_{k}", "accuracy")})
+    return pd.DataFrame(rows)
+
+
+def summarize_over_seeds(frame: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
+    rows = []
+    for key, group in frame.groupby(list(by), dropna=False, sort=True):
+        ci = mean_ci(group[value])
+        rows.append({**dict(zip(by, key)), "mean": ci["mean"], "half_width": ci["half_width"], "n": ci["n"]})
+    return pd.DataFrame(rows)
+
+
+# -- figures -----------------------------------------------------------------------------------------
+HEADLINE = {"vision": "translated", "language": "a_accuracy"}
+
+
+def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | None = None) -> Path | None:
+    """Δ (distilled − independent) of the scenario's headline metric per cell, annotated with
+    the paired 95% interval and the transferred share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    metric = metric or HEADLINE[scenario]
+    f = map_frame[(map_frame["scenario"] == scenario) & (map_frame["metric"] == metric)].copy()
+    if f.empty:
+        return None
+    f["row"] = f["teacher"] + ", T=" + f["temperature"].map(lambda t: f"{t:g}")
+    f["col"] = f["student_epochs"].map(lambda e: f"{e} ep") + ", N=" + f["transfer_n"].astype(str)
+    grid = f.pivot(index="row", columns="col", values="diff_vs_independent")
+    notes = f.assign(note=[f"{d:+.3f}\n±{h:.3f}\nshare {s:.2f}" if not math.isnan(s) else f"{d:+.3f}\n±{h:.3f}"
+                           for d, h, s in zip(f["diff_vs_independent"], f["ci_half_width"], f["transferred_share"])]
+                     ).pivot(index="row", columns="col", values="note")
+    lim = max(0.01, float(np.nanmax(np.abs(grid.to_numpy()))))
+    fig, ax = plt.subplots(figsize=(1.9 * grid.shape[1] + 2.5, 0.95 * grid.shape[0] + 1.6))
+    sns.heatmap(grid, annot=notes.loc[grid.index, grid.columns], fmt="", cmap="RdBu", center=0, vmin=-lim, vmax=lim,
+                cbar_kws={"label": "Δ vs independent (paired by seed)"}, ax=ax, annot_kws={"fontsize": 8})
+    ax.set_xlabel("student epochs, transfer inputs N")
+    ax.set_ylabel("teacher, temperature")
+    n = int(f["n_seeds"].max())
+    ax.set_title(f"{scenario}: {METRICS[scenario][metric].split(':')[0]}\ndistilled − independent student ({n} seeds)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def epochs_figure(map_frame: pd.DataFrame, path: Path, metrics: Sequence[str] = ("translated", "shift_consistency",
+                                                                                    "ood_mean")) -> Path | None:
+    """Vision: Δ vs independent against student epochs, one line per teacher and temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = map_frame[(map_frame["scenario"] == "vision") & map_frame["metric"].isin(metrics)]
+    if f.empty or f["student_epochs"].nunique() < 2:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharex=True)
+    styles = {}
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        for (teacher, t), g in f[f["metric"] == metric].groupby(["teacher", "temperature"]):
+            g = g.sort_values("student_epochs")
+            label = f"{teacher}, T={t:g}"
+            style = styles.setdefault(label, {"color": f"C{len(styles)}", "ls": "-" if t > 1 else "--"})
+            ax.errorbar(g["student_epochs"], g["diff_vs_independent"], yerr=g["ci_half_width"], marker="o", capsize=3,
+                        label=label, **style)
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(f["student_epochs"].unique()), [str(e) for e in sorted(f["student_epochs"].unique())])
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("student epochs")
+    np.atleast_1d(axes)[0].set_ylabel("distilled − independent MLP")
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def teacher_bias_figure(bias: pd.DataFrame, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if bias.empty:
+        return None
+    panels = [("vision", "accuracy", "shift c (px)"), ("vision", "consistency", "shift c (px)"),
+              ("language", "accuracy", "attractors")]
+    panels = [p for p in panels if not bias[(bias["scenario"] == p[0]) & (bias["measure"] == p[1])].empty]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5))
+    for ax, (scenario, measure, xlabel) in zip(np.atleast_1d(axes), panels):
+        f = bias[(bias["scenario"] == scenario) & (bias["measure"] == measure)]
+        s = summarize_over_seeds(f, ["model", "x"])
+        for i, (model, g) in enumerate(s.groupby("model")):
+            ax.errorbar(g["x"], g["mean"], yerr=g["half_width"].fillna(0), marker="o", capsize=3, label=model, color=f"C{i}")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{scenario} teachers: {measure}", fontsize=10)
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+# -- command line --------------------------------------------------------------------------------------
+def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = find_runs(*paths)
+    print(f"transfer map: {len(runs)} runs", file=sys.stderr)
+    map_frame, per_seed = transfer_map(runs)
+    written = {"transfer_map": out / "transfer_map.csv", "per_seed": out / "transfer_map_per_seed.csv",
+               "teacher_signal": out / "teacher_signal.csv", "teacher_bias": out / "teacher_bias.csv"}
+    map_frame.to_csv(written["transfer_map"], index=False, float_format="%.6g")
+    per_seed.to_csv(written["per_seed"], index=False, float_format="%.6g")
+    signal = teacher_signal_frame(runs)
+    keys = ["scenario", "teacher", "distill", "student_epochs", "temperature", "transfer_n", "inputs"]
+    if not signal.empty:
+        signal = signal.groupby(keys, dropna=False)[["n", "p_gold", "entropy", "top_not_gold"]].mean().reset_index()
+    signal.to_csv(written["teacher_signal"], index=False, float_format="%.4g")
+    bias = teacher_bias_frame(runs)
+    summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]).to_csv(written["teacher_bias"], index=False,
+                                                                            float_format="%.4g")
+    for scenario in ("vision", "language"):
+        p = heatmap(map_frame, scenario, out / f"transfer_map_{scenario}.png")
+        if p:
+            written[f"heatmap_{scenario}"] = p
+    for name, p in (("epochs", epochs_figure(map_frame, out / "transfer_map_epochs.png")),
+                    ("teacher_bias_figure", teacher_bias_figure(bias, out / "teacher_bias.png"))):
+        if p:
+            written[name] = p
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.transfer_map", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="folders of run dirs (students and their teachers)")
+    parser.add_argument("--out", required=True, help="folder for transfer_map.csv, teacher_signal.csv and figures")
+    args = parser.parse_args(argv)
+    for name, path in build(args.runs, args.out).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

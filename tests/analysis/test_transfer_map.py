@@ -1,0 +1,63 @@
+"""The transfer map's arithmetic and the v2 verdicts, against values worked out by hand."""
+import math
+
+import pandas as pd
+import pytest
+
+from analysis.protocol import PRIMARY, Comparison, judge
+from analysis.tables import holm
+from analysis.transfer_map import compare_cell
+
+
+def test_compare_cell_by_hand():
+    values = {"kd": {1: 0.5, 2: 0.7}, "indep": {1: 0.4, 2: 0.5}, "self": {1: 0.45, 2: 0.55},
+              "teacher": {1: 0.9, 2: 0.9}}
+    row = compare_cell(values)
+    # differences kd - indep: 0.1, 0.2 -> mean 0.15, sd 0.0707107, t = 0.15 / (0.0707107 / sqrt 2) = 3
+    assert row["diff_vs_independent"] == pytest.approx(0.15)
+    # half width t_{0.975, 1} * sd / sqrt(2) = 12.7062 * 0.05
+    assert row["ci_half_width"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    # two-sided p of t = 3 with 1 df: 1 - 2 atan(3) / pi
+    assert row["p_value"] == pytest.approx(1 - 2 * math.atan(3) / math.pi, rel=1e-6)
+    assert row["diff_vs_self"] == pytest.approx(0.1)
+    # share: (mean kd - mean indep) / (mean teacher - mean indep) = (0.6 - 0.45) / (0.9 - 0.45)
+    assert row["transferred_share"] == pytest.approx(1 / 3)
+    assert row["n_seeds"] == 2 and row["seeds"] == "1,2"
+
+
+def test_share_is_nan_without_a_gap_and_pairs_only_common_seeds():
+    row = compare_cell({"kd": {1: 0.5, 2: 0.6, 3: 0.9}, "indep": {1: 0.5, 2: 0.5}, "teacher": {1: 0.5, 2: 0.5}})
+    assert math.isnan(row["transferred_share"])
+    assert row["n_seeds"] == 2 and row["diff_vs_independent"] == pytest.approx(0.05)
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, float("nan")])[0] == 0.5 and math.isnan(holm([0.5, float("nan")])[1])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def _per_seed(diffs: dict[int, float]) -> pd.DataFrame:
+    rows = []
+    cell = {"scenario": "vision", "teacher": "cnn_gp", "student": "mlp", "student_epochs": 100, "temperature": 5.0,
+            "transfer_n": 0, "metric": "ood_mean"}
+    for seed, d in diffs.items():
+        rows += [{**cell, "seed": seed, "role": "kd", "value": 0.5 + d},
+                 {**cell, "seed": seed, "role": "indep", "value": 0.5}]
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_follow_sign_and_corrected_p():
+    comparison = [c for c in PRIMARY if c.claim == 4 and c.second == "indep"]
+    up = judge(_per_seed({1: 0.05, 2: 0.06, 3: 0.05, 4: 0.055, 5: 0.06}), comparison)
+    assert up[0]["verdict"].tolist() == ["reproduced"] and up[1]["verdict"].tolist() == ["reproduced"]
+    down = judge(_per_seed({1: -0.05, 2: -0.06, 3: -0.05, 4: -0.055, 5: -0.06}), comparison)
+    assert down[0]["verdict"].tolist() == ["not reproduced"]
+    noise = judge(_per_seed({1: 0.05, 2: -0.06, 3: 0.01}), comparison)
+    assert noise[0]["verdict"].tolist() == ["inconclusive"]
+    # two comparisons: Holm doubles the smaller p
+    two = [comparison[0], Comparison(4, "x", "vision", comparison[0].cell, "ood_mean", "kd", "indep", -1)]
+    rows = judge(_per_seed({1: 0.05, 2: 0.06, 3: 0.05, 4: 0.055, 5: 0.06}), two)[0]
+    assert rows["p_holm"].iloc[0] == pytest.approx(min(1.0, 2 * rows["p"].iloc[0]))
+    assert rows["verdict"].tolist() == ["reproduced", "not reproduced"]
