@@ -35,6 +35,7 @@ _NOT_IDENTITY = {
 _NOT_IDENTITY_NESTED = {
     "trainer": {"enable_progress_bar", "log_every_n_steps", "enable_model_summary"},
     "task": {"data_dir", "download", "eval_batch_size"},
+    "teacher": {"compare"},  # what a finished run is compared with, not how it trains
 }
 
 
@@ -93,6 +94,9 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "train.lr_schedule") is not None:
         _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
     _check_ood(cfg)
+    compare = OmegaConf.select(cfg, "teacher.compare", default="auto")
+    if compare != "auto" and not isinstance(compare, bool):
+        raise ConfigError(f"config key 'teacher.compare' must be auto, true or false; got {compare!r}")
     _positive_sizes(cfg, "model")
     _choice(cfg, "distill.mode", DISTILL_MODES)
     mode = _get(cfg, "distill.mode")

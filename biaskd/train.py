@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from biaskd import artifacts, config as config_mod
+from biaskd import artifacts, config as config_mod, teacher_metrics
 from biaskd.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import PAD_ID, Split, TensorBatches
@@ -525,6 +525,8 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, spec, transfer_set,
     if mode in ("self", "cross"):
         teacher_run = ensure_teacher(cfg, data)
         teacher_model = load_model(teacher_run, data)
+    elif mode == "none":
+        teacher_metrics.prepare(cfg, data)  # teacher.compare=true: the teacher to compare with, trained first
     fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=mode != "none")
     if is_lm(data) and is_sequence_level(cfg.distill):  # the student trains on the teacher's sentences
         fit = sequence_level_split(OmegaConf.to_container(cfg.distill, resolve=True), fit, teacher_model,
@@ -624,15 +626,22 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, spec, transfer_set,
     if mode in ("self", "cross") and not is_lm(data):  # what the soft targets carried beyond the labels
         metrics["teacher_signal"] = transfer_signal(teacher_model, data.train, transfer_set,
                                                     float(cfg.distill.temperature))
+    # agreement, JS divergence and probe CKA with the teacher, for metrics.json and the dashboard
+    comparison = teacher_metrics.compare(cfg, data, run, probe, feats, teacher_run, teacher_model,
+                                         int(cfg.task.get("eval_batch_size", 1024)))
+    if comparison is not None:
+        comparison.add_to(metrics)
     artifacts.write_json(run / "metrics.json", metrics)
     if (cfg.get("logger") or {}).get("wandb", {}).get("log_predictions", False):
         from biaskd.wandb_logging import log_predictions
 
-        log_predictions(trainer.loggers, run, list(splits))
+        log_predictions(trainer.loggers, run, list(splits), data=data, comparison=comparison,
+                        max_rows=int(cfg.logger.wandb.get("prediction_rows", 500)))
+    teacher_metrics.log_to_wandb(trainer.loggers, comparison)
     for lg in trainer.loggers:
         if hasattr(lg, "log_metrics"):
-            lg.log_metrics({f"{s}/{k}": v for s, m in splits.items() for k, v in m.items() if isinstance(v, float)},
-                           step=trainer.global_step)
+            lg.log_metrics({**{f"{s}/{k}": v for s, m in splits.items() for k, v in m.items() if isinstance(v, float)},
+                            **(comparison.scalars() if comparison else {})}, step=trainer.global_step)
         lg.finalize("success")
         if type(lg).__name__ == "WandbLogger":
             lg.experiment.finish()  # one W&B run per biaskd run (teachers trained in-process too)

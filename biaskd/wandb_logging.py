@@ -64,24 +64,66 @@ def make_wandb_logger(cfg: DictConfig, run: RunDir, meta: dict):
     )
 
 
-def log_predictions(loggers: list, run: RunDir, splits: list[str], max_rows: int = 2000) -> None:
-    """Per-example predictions of every eval split as W&B tables (first ``max_rows`` rows)."""
+def _thumbnail(x) -> "np.ndarray":
+    """An image input as 8-bit grey (or RGB) pixels, its own range stretched to 0..255."""
+    import numpy as np
+
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim == 3 and a.shape[0] in (1, 3):  # C, H, W -> H, W[, C]
+        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    lo, hi = float(a.min()), float(a.max())
+    return ((a - lo) / (hi - lo if hi > lo else 1.0) * 255).round().astype(np.uint8)
+
+
+def table_inputs(data, split: str, n: int) -> tuple[str, list] | None:
+    """The first ``n`` inputs of eval split ``split`` as W&B cells: an image per row for image
+    tasks, the sentence for token tasks; None when the data cannot show them."""
+    import wandb
+
+    if data is None or split not in getattr(data, "evals", {}):
+        return None
+    x = data.evals[split].x[:n]
+    if getattr(data, "input_kind", None) == "image":
+        return "image", [wandb.Image(_thumbnail(xi)) for xi in x.cpu().numpy()]
+    vocab = getattr(data, "vocab", None)
+    if vocab is not None:
+        return "sentence", [" ".join(vocab.decode(int(t) for t in row)) for row in x.cpu().tolist()]
+    return None
+
+
+def log_predictions(loggers: list, run: RunDir, splits: list[str], data=None, comparison=None,
+                    max_rows: int = 500) -> None:
+    """Per-example predictions of every eval split as W&B tables (first ``max_rows`` rows): the
+    input (image thumbnail or sentence, given ``data``), label, prediction and confidence, the
+    teacher's prediction and whether the two agree (given a
+    :class:`biaskd.teacher_metrics.TeacherComparison`), and the split's metadata."""
     from lightning.pytorch.loggers import WandbLogger
     import numpy as np
 
-    for lg in loggers:
-        if not isinstance(lg, WandbLogger):
-            continue
-        for split in splits:
-            out = run.outputs(split)
-            logits = out["logits"][:max_rows]
-            probs = np.exp(logits - logits.max(1, keepdims=True))
-            probs /= probs.sum(1, keepdims=True)
-            meta_keys = [k for k in out if k.startswith("meta_")]
-            columns = ["id", "label", "prediction", "confidence", *[k[5:] for k in meta_keys]]
-            rows = [
-                [int(out["ids"][i]), int(out["labels"][i]), int(probs[i].argmax()), float(probs[i].max()),
-                 *[out[k][i].item() for k in meta_keys]]
-                for i in range(len(logits))
-            ]
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not wandb_loggers:
+        return
+    for split in splits:
+        out = run.outputs(split)
+        logits = out["logits"][:max_rows]
+        n = len(logits)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        meta_keys = [k for k in out if k.startswith("meta_")]
+        columns = ["id", "label", "prediction", "confidence"]
+        cells = [out["ids"][:n].tolist(), out["labels"][:n].tolist(), probs.argmax(1).tolist(),
+                 probs.max(1).tolist()]
+        teacher = comparison.logits.get(split) if comparison is not None else None
+        if teacher is not None:
+            t_pred = np.asarray(teacher)[:n].argmax(1)
+            columns += ["teacher_prediction", "agrees_with_teacher"]
+            cells += [t_pred.tolist(), (t_pred == probs.argmax(1)).tolist()]
+        shown = table_inputs(data, split, n)
+        if shown is not None:
+            columns.insert(1, shown[0])
+            cells.insert(1, shown[1])
+        columns += [k[5:] for k in meta_keys]
+        cells += [out[k][:n].tolist() for k in meta_keys]
+        rows = [list(row) for row in zip(*cells)]
+        for lg in wandb_loggers:
             lg.log_table(key=f"predictions/{split}", columns=columns, data=rows)

@@ -36,6 +36,7 @@ def compose_tiny(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _no_wandb_network(monkeypatch):
+def _no_wandb_network(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # W&B stages media tables here, not in ~

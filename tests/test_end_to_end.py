@@ -127,7 +127,7 @@ def test_wandb_offline_run_dir_holds_logged_metrics(compose_tiny, monkeypatch):
     assert b"valid/acc" in record
     # ... and the per-example prediction tables, one row per test example
     table = json.loads(next((offline[0] / "files" / "media" / "table" / "predictions").glob("test_*.table.json")).read_text())
-    assert table["columns"][:4] == ["id", "label", "prediction", "confidence"]
+    assert table["columns"][:5] == ["id", "image", "label", "prediction", "confidence"]
     assert len(table["data"]) == run.metrics["splits"]["test"]["n"]
     # teacher and student are separate W&B runs
     teacher_runs = list((run.teacher_dir.path / "wandb").glob("offline-run-*"))
