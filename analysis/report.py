@@ -598,10 +598,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--measure", default="linear_cka", choices=sorted(similarity.MEASURES),
                     help="representational similarity for the heatmap, MDS map and training paths")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the MDS maps")
+    ap.add_argument("--wandb", action="store_true",
+                    help="also log the report's tables and figures to one W&B run (job_type analysis; offline "
+                         "without credentials)")
+    ap.add_argument("--wandb-group", default=None,
+                    help="W&B group of that run (default: the runs' experiment_name, when they share one)")
+    ap.add_argument("--wandb-project", default="biaskd", help="W&B project (default: biaskd, as logger=wandb)")
     args = ap.parse_args(argv)
     path = build_report(args.runs, args.out, measure=args.measure, seed=args.seed)
     print(f"wrote {path}", file=sys.stderr)
+    if args.wandb:
+        from analysis.dashboard import log_report
+
+        log_report(args.out, group=args.wandb_group or _experiment_group(Path(args.out)), project=args.wandb_project)
     return 0
+
+
+def _experiment_group(out: Path) -> str | None:
+    """The students' ``experiment_name`` when they share one (the W&B group their runs are in)."""
+    try:
+        runs = pd.read_csv(out / "runs_long.csv", usecols=["role", "experiment"])
+    except (FileNotFoundError, ValueError):
+        return None
+    names = runs.loc[runs["role"] != "teacher", "experiment"].dropna().unique()
+    return str(names[0]) if len(names) == 1 else None
 
 
 if __name__ == "__main__":

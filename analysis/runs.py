@@ -458,6 +458,7 @@ def load_run(path: str | os.PathLike) -> Run:
 
 def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[Run]:
     """All run dirs (dirs with meta.json, COMPLETE or FAILED) at or below ``paths``, sorted by path.
+    A sweep folder's ``runs.txt`` names its runs (:func:`sweep_run_dirs`).
 
     Incomplete, failed and corrupt runs (missing or invalid meta.json / metrics.json) are
     skipped with one :class:`RunProblem` warning each naming the dir and the problem. Run dirs
@@ -465,7 +466,7 @@ def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[R
     a run found in two folders under one run id (see :func:`unique_runs`).
     """
     found: dict[Path, Run] = {}
-    for root in paths:
+    for root in [p for path in paths for p in sweep_run_dirs(path)]:
         root = Path(root)
         if not root.exists():
             raise ArtifactError(f"runs path {root} does not exist")
@@ -483,6 +484,16 @@ def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[R
             except ArtifactError as exc:
                 warnings.warn(RunProblem(p, f"skipping {exc}"), stacklevel=2)
     return unique_runs(found[k] for k in sorted(found, key=str))
+
+
+def sweep_run_dirs(path: str | os.PathLike) -> list[Path]:
+    """A Hydra sweep folder (``runs/_hydra/<time>_multirun``) stands for the run dirs its
+    ``runs.txt`` lists (relative to it); any other path for itself."""
+    path = Path(path)
+    listing = path / "runs.txt"
+    if not listing.is_file():
+        return [path]
+    return [path / line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
 def unique_runs(runs: Iterable[Run]) -> list[Run]:

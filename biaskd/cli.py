@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from biaskd.errors import BiaskdError
+from biaskd.sweep import FAILURE_FILE  # in a failed job's Hydra output dir: what failed
 
 log = logging.getLogger("biaskd")
 
@@ -48,9 +50,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-FAILURE_FILE = "failed.txt"  # in a failed job's Hydra output dir: what failed, one line
-
-
 @dataclass
 class JobFailure:
     """What a job returns when one of the project's own errors stopped it (the error is
@@ -63,44 +62,63 @@ _state = {"failed": 0, "started": False}
 
 
 class SummaryCallback(Callback):
-    """Prints one line per finished job (``[job failed] ...`` for a failed one) and, after a
-    sweep, one table of its runs and how many jobs failed."""
+    """Prints one line per finished job (``[job failed] ...`` for a failed one) and, in a sweep,
+    how far it is (``[sweep] 3/12 jobs done · elapsed · about … left``); after a sweep, writes
+    ``runs.txt``, ``summary.csv`` and ``summary.md`` into the sweep folder (:mod:`biaskd.sweep`),
+    prints the accuracy table and says how many jobs failed."""
 
     def __init__(self) -> None:
         self.runs: list[Any] = []
+        self.job_started = time.time()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.job_started = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        from biaskd import sweep
         from biaskd.summary import summary_line
 
         if job_return.status != JobStatus.COMPLETED or job_return.return_value is None:
             return  # a bug's exception: Hydra/main() show its traceback
         result = job_return.return_value
+        multirun = config.hydra.mode.name == "MULTIRUN"
         if isinstance(result, JobFailure):
             _state["failed"] += 1
-            if config.hydra.mode.name == "MULTIRUN":
+            if multirun:
                 print(f"[job failed] {' '.join(job_return.overrides)}: {result.message}", file=sys.stderr, flush=True)
             else:
                 print(f"error: {result.message}", file=sys.stderr, flush=True)
-            return
-        self.runs.append(result)
-        print(summary_line(result), flush=True)
+        else:
+            self.runs.append(result)
+            sweep.record_job(config.hydra.runtime.output_dir, result.path)
+            print(summary_line(result, since=self.job_started), flush=True)
+        if multirun:
+            line = sweep.progress_line(config.hydra.sweep.dir)
+            if line:
+                print(line, file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from biaskd.summary import format_table, summary_table
+        from biaskd import sweep
 
-        if self.runs:
-            print("\n" + format_table(summary_table(self.runs)), flush=True)
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")) if sweep_dir.is_dir() else []
-        if failed:  # counted from the sweep folder, so jobs run in other processes count too
+        written = sweep.write_summary(sweep_dir, failed=len(failed))
+        if written:  # from the sweep folder, so jobs run in other processes count too
+            path, table = written
+            print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path} and summary.csv; run dirs: "
+                  f"{sweep_dir / sweep.RUNS_FILE}\nreport: python -m analysis.report {sweep_dir} --out <folder>",
+                  flush=True)
+        if failed:
             _state["failed"] = max(_state["failed"], len(failed))
             print(f"{len(failed)} job(s) failed (the [job failed] lines above; also in "
                   f"{sweep_dir}/<job>/{FAILURE_FILE}); rerun the same command to retry them, completed jobs are kept",
                   file=sys.stderr, flush=True)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from biaskd.summary import format_table, summary_table
+
         if self.runs:
-            self.on_multirun_end(config)
+            print("\n" + format_table(summary_table(self.runs)), flush=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -1,0 +1,78 @@
+"""A multirun's sweep folder as a Hydra user expects it: the summary table saved, the run dirs
+listed, and the report (and its W&B run) made from the sweep folder itself."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from biaskd.artifacts import RunDir
+from biaskd.sweep import duration
+
+TINY = ["task=toy", "model=mlp_small", "model@teacher.model=cnn_small", "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false", "threads=1"]
+
+
+def run(args, cwd, **env):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore", **env)
+    p = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """4 jobs: independent and cross-distilled MLP x 2 seeds (the independent one compared with its teacher)."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    out, err = run(["-m", "biaskd.cli", "-m", *TINY, "distill=none,cross", "seed=1,2", "teacher.compare=true",
+                    "runs_dir=runs"], cwd)
+    (folder,) = (cwd / "runs" / "_hydra").glob("*_multirun")
+    return cwd, folder, out, err
+
+
+def test_multirun_writes_summary_and_run_list_into_the_sweep_folder(sweep):
+    cwd, folder, out, err = sweep
+    runs = [folder / line for line in (folder / "runs.txt").read_text().split()]
+    assert len(runs) == 4 and all(RunDir(r).is_complete for r in runs)
+    assert {RunDir(r).meta["distill"] for r in runs} == {"none", "cross"}
+    summary = pd.read_csv(folder / "summary.csv")
+    acc = summary[(summary["metric"] == "accuracy") & (summary["split"] == "test")].set_index("configuration")
+    assert set(acc["role"]) == {"teacher", "student"} and (acc["n"] == 2).all()
+    assert acc["half_width"].notna().all() and (acc["seeds"].astype(str).str.contains(",")).all()
+    agree = summary[summary["metric"] == "teacher_agreement"]
+    assert set(agree["distill"]) == {"none", "cross"}  # the independent baseline has it too
+    assert (summary[summary["metric"] == "teacher_cka"]["split"] == "probe").all()
+    md = (folder / "summary.md").read_text()
+    assert "± " in md and "Top-1 agreement with the teacher" in md
+    # what the person at the terminal read
+    assert "[sweep] 4/4 jobs done" in err and "about" in err  # progress with an estimate
+    assert "its teacher cnn_small in" in out  # time spent on the teacher, told apart
+    rel = folder.relative_to(cwd)
+    assert f"summary (mean ± 95% CI over seeds): {rel / 'summary.md'}" in out
+    assert f"report: python -m analysis.report {rel} --out <folder>" in out
+    assert (folder / "0" / "biaskd.log").exists()  # hydra.job.name
+
+
+def test_report_on_the_sweep_folder_with_a_wandb_analysis_run(sweep):
+    cwd, folder, _, _ = sweep
+    _, err = run(["-m", "analysis.report", str(folder), "--out", "report", "--wandb"], cwd,
+                 WANDB_DATA_DIR=str(cwd / "wandb-data"))
+    text = (cwd / "report" / "report.md").read_text()
+    assert "6 complete run(s)" in text  # 4 students + their 2 teachers
+    (offline,) = (cwd / "report" / "wandb").glob("offline-run-*")
+    records = next(offline.glob("*.wandb")).read_bytes()
+    assert b"analysis" in records and b"transfer" in records
+    tables = {p.name.split("_")[0] for p in (offline / "files" / "media" / "table").glob("*.table.json")}
+    assert {"transfer", "agreement", "summary"} <= tables
+    transfer = json.loads(next((offline / "files" / "media" / "table").glob("transfer_*.table.json")).read_text())
+    assert transfer["columns"] == list(pd.read_csv(cwd / "report" / "transfer.csv").columns)
+    images = list((offline / "files" / "media" / "images").rglob("*.png"))
+    assert len(images) == len(list((cwd / "report").glob("*.png"))) > 0
+    assert "job_type analysis, group 'default'" in err and "wandb sync" in err
+
+
+def test_durations_read_as_a_person_writes_them():
+    assert [duration(s) for s in (0.42, 12.4, 185, 3720)] == ["0.4s", "12s", "3m05s", "1h02m"]
