@@ -40,16 +40,6 @@ def describe(exc: BaseException) -> str:
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
 @dataclass
 class JobFailure:
     """What a job returns when one of the project's own errors stopped it (the error is
@@ -130,7 +120,6 @@ def _app(cfg: DictConfig):
         check(cfg)  # a bad config speaks before the training stack is imported
         from biaskd.train import train
 
-        _quiet_lightning()
         return train(cfg)
     except BiaskdError as exc:
         if _verbose():

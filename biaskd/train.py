@@ -40,6 +40,7 @@ from biaskd.modules.classifier import ClassifierModule
 from biaskd.modules.distill import DistillModule
 from biaskd.modules.lm import check_lm_config, is_lm, lm_module, lm_scores, verb_prefix
 from biaskd.modules.seqkd import is_sequence_level, sequence_level_split
+from biaskd.quiet import quiet_libraries
 from biaskd.objectives import Outputs, build_objective, features_and_logits, objective_class, objective_options
 
 log = logging.getLogger("biaskd")
@@ -404,6 +405,7 @@ def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, fe
     """The Trainer of a run: ``tcfg`` (the ``trainer`` config) plus the callbacks every run has:
     the epoch checkpoint (for resuming), the training-path recorder, the finite-loss guard and,
     when the bar is enabled, a progress bar that redraws a few times a second, not every step."""
+    quiet_libraries()
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="last", save_last=False,
                         save_top_k=1, every_n_epochs=1, enable_version_counter=False),
@@ -593,7 +595,6 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, spec, transfer_set,
     # batch order and size from this run's own config (never from a data object shared with another run)
     train_batches = TensorBatches(fit, int(cfg.task.batch_size), shuffle=True, seed=int(cfg.seed),
                                   lengths=data.lengths(fit))
-    data._train_batches = train_batches
     data.train_dataloader = lambda: train_batches  # the module re-seeds it per epoch
     total_steps = len(train_batches) * int(cfg.trainer.max_epochs)
     probe = verb_prefix(data.probe) if is_lm(data) else data.probe  # LM: features before the verb

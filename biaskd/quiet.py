@@ -1,0 +1,32 @@
+"""What the libraries print that the project has chosen to live with, silenced in this one place.
+
+Each entry says why it is harmless here; anything not listed still prints.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+#: (message pattern, why it is harmless here)
+KNOWN_WARNINGS = (
+    (r".*does not have many workers.*",
+     "training data are in-memory tensors cut into batches by index (TensorBatches); worker processes "
+     "would only copy them"),
+    (r".*LeafSpec.*",
+     "Lightning's own use of a torch pytree API that newer torch deprecates; no code of ours involved"),
+    (r".*smaller than the logging interval.*",
+     "tiny runs (tests, smoke runs) have fewer batches an epoch than log_every_n_steps; metrics.json "
+     "holds the results, the CSV log is a by-product"),
+)
+#: Lightning's informational lines (devices found, a tip for a hosted logger, why fit stopped)
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                     "lightning.pytorch.accelerators.cuda")
+
+
+def quiet_libraries() -> None:
+    """Install the filters above (repeat calls add nothing) and keep Lightning's info lines out
+    of the output (its warnings and errors still show)."""
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message, _why in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
