@@ -96,11 +96,12 @@ def reliability_frame(runs: Iterable[Run], splits: Sequence[str] | None = None,
     return pd.concat(parts, ignore_index=True)[cols]
 
 
-def plot_reliability(data: pd.DataFrame, ax=None, title: str | None = None):
+def plot_reliability(data: pd.DataFrame, ax=None, title: str | None = None, color: str = "tab:blue"):
     """Reliability diagram: accuracy per confidence bin (bars) against the diagonal.
 
     ``data`` is one :func:`reliability_data` frame (or the rows of one run and split from
-    :func:`reliability_frame`). Bar width is the bin width; the gap to the diagonal is shaded.
+    :func:`reliability_frame`). Bar width is the bin width; the gap between a bin's accuracy and
+    its mean confidence is hatched (above the bar: over-confident; inside it: under-confident).
     """
     import matplotlib.pyplot as plt
 
@@ -109,30 +110,34 @@ def plot_reliability(data: pd.DataFrame, ax=None, title: str | None = None):
     d = data[(data["count"] > 0) & (data["upper"] > data["lower"])]
     width = (d["upper"] - d["lower"]).to_numpy()
     centers = ((d["upper"] + d["lower"]) / 2).to_numpy()
-    ax.bar(centers, d["accuracy"], width=width, color="tab:blue", edgecolor="white", label="accuracy")
+    ax.bar(centers, d["accuracy"], width=width, color=color, edgecolor="white", lw=0.5, label="accuracy in the bin")
     ax.bar(centers, d["confidence"] - d["accuracy"], bottom=d["accuracy"], width=width,
-           facecolor="none", edgecolor="tab:red", hatch="///", lw=0.6, label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "k--", lw=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+           facecolor="none", edgecolor="#c0392b", hatch="////", lw=0.6, label="gap to its mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="#333333", lw=1, label="perfectly calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])
     if "ece" in data.columns and len(data):
-        ax.text(0.04, 0.92, f"ECE {data['ece'].iloc[0]:.3f}", transform=ax.transAxes, fontsize=8)
+        ax.text(0.04, 0.9, f"ECE {data['ece'].iloc[0]:.3f}", transform=ax.transAxes, fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
     if title:
         ax.set_title(title, fontsize=9)
     return ax
 
 
 def plot_reliability_grid(frame: pd.DataFrame, row: str = "run", col: str = "split",
-                          row_labels: dict | None = None):
-    """Grid of reliability diagrams, one per (``row``, ``col``) value, e.g. per run and split of a
-    :func:`reliability_frame`; returns the figure. Cells without data are left blank."""
+                          row_labels: dict | None = None, row_order: list | None = None,
+                          colors: dict | None = None):
+    """Grid of reliability diagrams, one per (``row``, ``col``) value, e.g. per configuration and
+    split; rows named on the left, columns on top, one legend for the whole grid (bars, the
+    hatched gap, the diagonal). ``colors`` maps row values to bar colours (the configuration's
+    colour elsewhere). Cells without data are left blank; returns the figure."""
     import matplotlib.pyplot as plt
 
     from analysis.runs import order_splits
 
-    rows = sorted(frame[row].unique(), key=str)
+    rows = row_order or sorted(frame[row].unique(), key=str)
     cols = order_splits(frame[col].unique()) if col == "split" else sorted(frame[col].unique(), key=str)
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.7 * len(cols), 2.7 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.5 * len(cols) + 2.2, 2.3 * len(rows) + 0.8),
+                             squeeze=False, sharex=True, sharey=True, layout="constrained")
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
             ax = axes[i, j]
@@ -140,10 +145,18 @@ def plot_reliability_grid(frame: pd.DataFrame, row: str = "run", col: str = "spl
             if cell.empty:
                 ax.set_axis_off()
                 continue
-            name = (row_labels or {}).get(r, r)
-            plot_reliability(cell, ax=ax, title=f"{name}\n{c}")
-            if i < len(rows) - 1:
-                ax.set_xlabel("")
-            if j:
-                ax.set_ylabel("")
+            plot_reliability(cell, ax=ax, color=(colors or {}).get(r, "tab:blue"))
+            ax.set(xlabel="confidence" if i == len(rows) - 1 else "", ylabel="")
+            if i == 0:
+                ax.set_title(str(c), fontsize=10)
+            if j == 0:
+                name = (row_labels or {}).get(r, r)
+                ax.set_ylabel(f"{name}\naccuracy", fontsize=8)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor="#8c8c8c", label="accuracy in the bin (the configuration's colour)"),
+               Patch(facecolor="none", edgecolor="#c0392b", hatch="////", label="gap to the bin's mean confidence"),
+               Line2D([], [], ls="--", color="#333333", label="perfectly calibrated")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize=8)
     return fig

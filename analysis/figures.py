@@ -1,7 +1,9 @@
 """Summary figures shared by the report and the walkthrough notebook.
 
 Error bars are the Student-t 95% intervals of :func:`analysis.tables.mean_ci` (not seaborn's
-bootstrap), so figures and tables show the same intervals; a bar without whisker had n = 1.
+bootstrap), so figures and tables show the same intervals, clipped to the metric's range (with two
+seeds a t interval easily runs past 0 or 1); a bar without whisker had n = 1. Labels, colours and
+legend order come from :mod:`analysis.style`.
 """
 
 from __future__ import annotations
@@ -10,56 +12,55 @@ import numpy as np
 import pandas as pd
 
 from analysis.runs import order_splits
+from analysis.style import Style, clip_interval, legend_outside, metric_limits
 
 
-def config_label(frame: pd.DataFrame) -> pd.Series:
-    """``mlp / cross<-cnn`` style label of a run's model and distillation mode."""
-    teacher = frame["teacher_model"].fillna("").astype(str) if "teacher_model" in frame else ""
-    mode = np.where((frame["distill"] != "none") & (teacher != ""), frame["distill"] + "<-" + teacher,
-                    np.where(frame.get("role", "") == "teacher", "none (teacher)", frame["distill"]))
-    label = frame["model"].astype(str) + " / " + pd.Series(mode, index=frame.index).astype(str)
-    return label + objective_suffix(frame) + transfer_suffix(frame)
+def config_label(frame: pd.DataFrame, style: Style | None = None) -> pd.Series:
+    """The configuration label of every row (``mlp distilled from cnn``; see :mod:`analysis.style`),
+    with α / T where they vary among the rows' otherwise equal configurations."""
+    return (style or Style(frame)).labels(frame)
 
 
-def transfer_suffix(frame: pd.DataFrame) -> pd.Series:
-    """`` +heldout 10000`` for runs trained with transfer inputs beyond the training set."""
-    out = pd.Series("", index=frame.index)
-    if "transfer" in frame:
-        extra = frame["transfer"].fillna("").astype(str) != ""
-        out[extra] = " +" + frame.loc[extra, "transfer"].astype(str)
-    return out
-
-
-def objective_suffix(frame: pd.DataFrame) -> pd.Series:
-    """`` [hints]`` etc. for distilled runs whose objective is not soft-target KD, else ``""``."""
-    out = pd.Series("", index=frame.index)
-    if "objective" in frame:
-        other = (frame["distill"] != "none") & frame["objective"].notna() & (frame["objective"] != "kd")
-        out[other] = " [" + frame.loc[other, "objective"].astype(str) + "]"
-    return out
+def _style_for(labels, style: Style | None) -> tuple[list[str], dict[str, str]]:
+    style = style or Style()
+    order = style.order(labels)
+    return order, style.palette(order)
 
 
 def plot_bars_ci(summary: pd.DataFrame, x: str = "split", hue: str = "config", value: str = "mean",
-                 err: str = "half_width", ax=None, ylabel: str | None = None, title: str | None = None):
-    """Grouped bars of ``value`` per ``x`` and ``hue`` with ``err`` half-width whiskers."""
+                 err: str = "half_width", ax=None, ylabel: str | None = None, title: str | None = None,
+                 metric: str | None = None, style: Style | None = None, legend: bool = True):
+    """Grouped bars of ``value`` per ``x`` and ``hue`` with ``err`` half-width whiskers, clipped
+    to the range of ``metric`` (default: ``ylabel`` when it names one), whose range the y axis
+    also shows; colours and legend order from ``style``; the legend outside the axes."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
+    metric = metric or ylabel
     xs = order_splits(summary[x].unique()) if x == "split" else sorted(summary[x].unique(), key=str)
-    hues = sorted(summary[hue].unique(), key=str)
+    hues, colors = _style_for(summary[hue].unique(), style)
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(xs) * max(1, len(hues)) ** 0.5 + 2), 3.6))
+        _, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(xs) * max(1, len(hues)) ** 0.5 + 2), 3.6))
     width = 0.8 / max(1, len(hues))
-    colors = sns.color_palette("tab10", n_colors=max(1, len(hues)))
+    ends = [0.0]  # bars start at 0: the axis shows it, and every (clipped) whisker
     for j, h in enumerate(hues):
         d = summary[summary[hue] == h].set_index(x).reindex(xs)
         pos = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        yerr = d[err].to_numpy(dtype=float)
-        ax.bar(pos, d[value].to_numpy(dtype=float), width=width, color=colors[j], label=str(h),
-               yerr=np.where(np.isnan(yerr), 0.0, yerr), capsize=2, error_kw={"lw": 0.8})
+        mean = d[value].to_numpy(dtype=float)
+        yerr = clip_interval(mean, d[err].to_numpy(dtype=float), metric)
+        ends += list(mean - yerr[0]) + list(mean + yerr[1])
+        ax.bar(pos, mean, width=width, color=colors[h], label=str(h), yerr=yerr, capsize=2,
+               error_kw={"lw": 0.8, "ecolor": "#222222"})
     ax.set_xticks(np.arange(len(xs)), xs, rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
+    limits = metric_limits(metric, ends)
+    if limits:
+        ax.set_ylim(*limits)
+    if limits and limits[0] < 0 < limits[1]:
+        ax.axhline(0, color="#444444", lw=0.6)
     ax.set(ylabel=ylabel or value, title=title or "")
-    ax.legend(fontsize=7, loc="best", ncols=1 if len(hues) < 6 else 2)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if legend:
+        legend_outside(ax)
     return ax
 
 
@@ -81,16 +82,15 @@ def plot_similarity_heatmap(similarity: pd.DataFrame, labels: dict | None = None
     return ax
 
 
-def plot_severity(sev: pd.DataFrame, hue: str = "config", title: str | None = None):
+def plot_severity(sev: pd.DataFrame, hue: str = "config", title: str | None = None, style: Style | None = None,
+                  metric: str = "accuracy"):
     """Accuracy against severity, one panel per OOD family (a :func:`analysis.tables.severity_table`
-    frame); severity 0 is the clean test split. Whiskers: 95% CI over seeds."""
+    frame); severity 0 is the clean test split. Bands: 95% CI over seeds, clipped to [0, 1]."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     families = sorted(sev["family"].unique())
-    hues = sorted(sev[hue].unique(), key=str)
-    colors = dict(zip(hues, sns.color_palette("tab10", n_colors=max(1, len(hues)))))
-    fig, axes = plt.subplots(1, len(families), figsize=(3.6 * len(families) + 1.5, 3.6), sharey=True,
+    hues, colors = _style_for(sev[hue].unique(), style)
+    fig, axes = plt.subplots(1, len(families), figsize=(3.4 * len(families) + 2.8, 3.4), sharey=True,
                              squeeze=False)
     for ax, fam in zip(axes[0], families):
         d = sev[sev["family"] == fam]
@@ -98,13 +98,15 @@ def plot_severity(sev: pd.DataFrame, hue: str = "config", title: str | None = No
             g = d[d[hue] == h].sort_values("severity")
             if g.empty:
                 continue
-            err = np.nan_to_num(g["half_width"].to_numpy(dtype=float))
-            ax.errorbar(g["severity"], g["mean"], yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
-                        color=colors[h], label=str(h))
+            mean = g["mean"].to_numpy(dtype=float)
+            lo_hi = clip_interval(mean, g["half_width"].to_numpy(dtype=float), metric)
+            ax.plot(g["severity"], mean, marker="o", ms=4, lw=1.5, color=colors[h], label=str(h))
+            ax.fill_between(g["severity"], mean - lo_hi[0], mean + lo_hi[1], color=colors[h], alpha=0.18, lw=0)
         ax.set(title=fam, xlabel="severity (0 = test)", xticks=sorted(d["severity"].unique()))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    axes[0][0].set_ylabel(metric)
+    axes[0][0].set_ylim(*(metric_limits(metric, sev["mean"]) or (None, None)))
+    legend_outside(axes[0][-1])
     if title:
         fig.suptitle(title)
     return fig

@@ -22,6 +22,7 @@ from biaskd.errors import ArtifactError
 from analysis.agreement import LN2, check_same_examples, from_logits, js_divergence, top1_agreement
 from analysis.runs import Run
 from analysis.similarity import features_similarity
+from analysis.style import Style, legend_outside
 
 RUN_INFO = ["task", "model", "role", "distill", "objective", "teacher_model", "seed"]
 
@@ -143,60 +144,68 @@ def training_paths(runs: Sequence[Run], measure: str = "linear_cka", seed: int =
     return out.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
 
 
-def mode_label(frame: pd.DataFrame) -> pd.Series:
-    """``model / distill`` (with the teacher's model for distilled runs), for legends."""
-    teacher = frame["teacher_model"].fillna("") if "teacher_model" in frame else ""
-    mode = np.where((frame["distill"] != "none") & (teacher != ""), frame["distill"] + "<-" + teacher,
-                    frame["distill"])
-    from analysis.figures import objective_suffix
-
-    return frame["model"] + " / " + pd.Series(mode, index=frame.index) + objective_suffix(frame)
+def mode_label(frame: pd.DataFrame, style: Style | None = None) -> pd.Series:
+    """The configuration label of every row (:mod:`analysis.style`), for legends."""
+    return (style or Style(frame)).labels(frame)
 
 
-def plot_map(coords: pd.DataFrame, hue: str = "mode", style: str | None = "role", ax=None,
-             annotate: bool = False, title: str | None = None):
-    """Scatter of a :func:`run_map` frame; ``hue="mode"`` colours by model / distillation mode."""
+def plot_map(coords: pd.DataFrame, hue: str = "config", ax=None, annotate: bool = False,
+             title: str | None = None, style: Style | None = None):
+    """Scatter of a :func:`run_map` frame, one colour per configuration (``hue="config"``; colours,
+    labels and legend order from ``style``), teachers as large stars; the legend outside the axes."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     d = coords.copy()
-    if hue == "mode" or style == "mode":
-        d["mode"] = mode_label(d)
+    style = style or Style(d)
+    if hue == "config":
+        d["config"] = style.labels(d)
+    order = style.order(d[hue].unique())
+    palette = style.palette(order)
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4))
-    sns.scatterplot(data=d, x="x", y="y", hue=hue, style=style if style in d else None, s=70, ax=ax)
+        _, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label in order:
+        g = d[d[hue] == label]
+        teacher = "role" in g and (g["role"] == "teacher").all()
+        ax.scatter(g["x"], g["y"], s=260 if teacher else 80, marker="*" if teacher else "o", color=palette[label],
+                   edgecolor="white", linewidth=0.6, label=label, zorder=3 if teacher else 2)
     if annotate and "seed" in d:
         for _, r in d.iterrows():
             ax.annotate(f"s{r['seed']}", (r["x"], r["y"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="MDS 1", ylabel="MDS 2", title=title or "")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.25)
+    legend_outside(ax)
     return ax
 
 
-def plot_training_paths(paths: pd.DataFrame, hue: str = "mode", ax=None, title: str | None = None):
-    """One line per run from its first saved step (circle) to its final point (star),
-    coloured by ``hue`` (default: model / distillation mode)."""
+def plot_training_paths(paths: pd.DataFrame, hue: str = "config", ax=None, title: str | None = None,
+                        style: Style | None = None):
+    """Every run's saved steps as points, joined by a faint line from its first saved step
+    (open circle) to its final model (star), coloured by configuration. Steps are saved at
+    0, 1, 2, 4, … (sparse late in training), so the points, not the line, are the data."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     d = paths.copy()
-    d["mode"] = mode_label(d)
+    style = style or Style(d)
+    if hue == "config":
+        d["config"] = style.labels(d)
+    order = style.order(d[hue].unique())
+    palette = style.palette(order)
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 4.5))
-    groups = list(dict.fromkeys(d[hue]))
-    palette = dict(zip(groups, sns.color_palette("tab10", n_colors=max(len(groups), 1))))
+        _, ax = plt.subplots(figsize=(7.0, 4.8))
     for run, g in d.groupby("run", sort=True):
         g = g.sort_values("step")
         c = palette[g[hue].iloc[0]]
-        ax.plot(g["x"], g["y"], "-", color=c, alpha=0.7, lw=1.2)
-        ax.plot(g["x"].iloc[0], g["y"].iloc[0], "o", color=c, ms=5, mfc="white")
-        ax.plot(g["x"].iloc[-1], g["y"].iloc[-1], "*", color=c, ms=11)
-    for label, c in palette.items():
-        ax.plot([], [], "-", color=c, label=label)
-    ax.plot([], [], "o", color="gray", mfc="white", label="start")
-    ax.plot([], [], "*", color="gray", ms=10, label="end")
-    ax.legend(fontsize=7, loc="best")
+        ax.plot(g["x"], g["y"], "-", color=c, alpha=0.35, lw=0.9, zorder=1)
+        ax.scatter(g["x"].iloc[1:-1], g["y"].iloc[1:-1], color=c, s=14, alpha=0.85, lw=0, zorder=2)
+        ax.plot(g["x"].iloc[0], g["y"].iloc[0], "o", color=c, ms=5, mfc="white", zorder=3)
+        ax.plot(g["x"].iloc[-1], g["y"].iloc[-1], "*", color=c, ms=12, mec="white", mew=0.5, zorder=4)
+    for label in order:
+        ax.plot([], [], "o", color=palette[label], ms=5, label=label)
+    ax.plot([], [], "o", color="gray", mfc="white", label="first saved step")
+    ax.plot([], [], "*", color="gray", ms=10, label="final model")
+    legend_outside(ax)
     ax.set(xlabel="MDS 1", ylabel="MDS 2", title=title or "")
     ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(alpha=0.25)
     return ax

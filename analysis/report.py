@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 
 from analysis import agreement as agr  # noqa: E402
 from analysis import calibration, figures, maps, similarity, tables  # noqa: E402
+from analysis.style import Style, legend_outside  # noqa: E402
 from analysis.runs import (  # noqa: E402
     Run,
     RunProblem,
@@ -75,6 +76,7 @@ class Report:
         self.out.mkdir(parents=True, exist_ok=True)
         self.lines: list[str] = []
         self.files: list[str] = []
+        self.style = Style()  # labels and colours of the runs' configurations, set by build_report
 
     def h(self, level: int, text: str) -> None:
         self.lines += ["", "#" * level + " " + text, ""]
@@ -98,8 +100,9 @@ class Report:
     def figure(self, fig, name: str, caption: str) -> None:
         import matplotlib.pyplot as plt
 
-        fig.tight_layout()
-        fig.savefig(self.out / name, dpi=120)
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        fig.savefig(self.out / name, dpi=120, bbox_inches="tight")  # legends outside the axes included
         plt.close(fig)
         self.files.append(name)
         self.lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
@@ -110,13 +113,13 @@ class Report:
         return path
 
 
-def _label_map(runs: Sequence[Run]) -> dict[str, str]:
-    return {r.run_id: r.label for r in runs}
+def _label_map(rep: Report, runs: Sequence[Run]) -> dict[str, str]:
+    return {r.run_id: rep.style.run_label(r) for r in runs}
 
 
-def _with_config(frame: pd.DataFrame) -> pd.DataFrame:
+def _with_config(rep: Report, frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
-    frame["config"] = figures.config_label(frame)
+    frame["config"] = rep.style.labels(frame)
     return frame
 
 
@@ -141,7 +144,7 @@ def section_metrics(rep: Report, frame: pd.DataFrame) -> None:
     rep.p("Intervals are Student-t intervals over seeds; `(n=1)` marks a single seed (no interval).")
     summary = tables.summarize(frame)
     rep.csv(summary, "summary.csv")
-    summary = _with_config(summary)
+    summary = _with_config(rep, summary)
     for task, st in summary.groupby("task"):
         rep.h(3, f"Task `{task}`")
         for metric in [m for m in HEADLINE_METRICS if m in set(st["metric"])]:
@@ -155,7 +158,7 @@ def section_metrics(rep: Report, frame: pd.DataFrame) -> None:
             import matplotlib.pyplot as plt
 
             fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * acc["split"].nunique() + 3), 3.8))
-            figures.plot_bars_ci(acc, ax=ax, ylabel="accuracy", title=f"{task}: accuracy per split")
+            figures.plot_bars_ci(acc, ax=ax, ylabel="accuracy", title=f"{task}: accuracy per split", style=rep.style)
             rep.figure(fig, f"accuracy_{task}.png", f"{task}: accuracy per eval split, mean ± 95% CI over seeds")
 
 
@@ -167,7 +170,7 @@ def section_severity(rep: Report, frame: pd.DataFrame) -> None:
     rep.h(2, "Accuracy vs severity")
     rep.p("Out-of-distribution splits generated at several severities (`NAME_s1` … `NAME_s5`); "
           "severity 0 is the clean `test` split. Mean ± 95% CI over seeds.")
-    summary = _with_config(tables.summarize(acc))
+    summary = _with_config(rep, tables.summarize(acc))
     for task, st in summary.groupby("task"):
         sev = tables.severity_table(st)
         if sev.empty:
@@ -177,7 +180,7 @@ def section_severity(rep: Report, frame: pd.DataFrame) -> None:
         wide.columns = [f"s{c}" if c else "s0 (test)" for c in wide.columns]
         rep.table(wide.reset_index())
         rep.csv(sev.drop(columns=["text"]), f"severity_{task}.csv")
-        fig = figures.plot_severity(sev, title=f"{task}: accuracy vs severity")
+        fig = figures.plot_severity(sev, title=f"{task}: accuracy vs severity", style=rep.style)
         rep.figure(fig, f"severity_{task}.png", f"{task}: accuracy against OOD severity per model and "
                    "distillation mode (severity 0 = test; mean ± 95% CI over seeds)")
 
@@ -269,7 +272,7 @@ def section_agreement(rep: Report, runs: list[Run]) -> None:
     keys = _group_keys([p[0] for p in pairs])
     at = agr.agreement_table(pairs, by=keys or None)
     rep.csv(at, "agreement.csv")
-    at = _with_config(at)
+    at = _with_config(rep, at)
     # an independent student is compared with every teacher of its seed: keep those apart
     none = at["distill"] == "none"
     at.loc[none, "config"] = at.loc[none, "config"] + " (vs " + at.loc[none, "reference_model"] + " teacher)"
@@ -285,9 +288,12 @@ def section_agreement(rep: Report, runs: list[Run]) -> None:
         rep.table(wide.sort_values(["split", "config"]))
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        n_split, n_config = s["split"].nunique(), s["config"].nunique()
+        fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.9 * n_split * n_config ** 0.5 + 2), 6.6), sharex=True)
         for ax, m in zip(axes, ["top1_agreement", "error_consistency"]):
-            figures.plot_bars_ci(s[s["metric"] == m], ax=ax, ylabel=m, title=f"{task}: {m} with teacher")
+            figures.plot_bars_ci(s[s["metric"] == m], ax=ax, ylabel=m.replace("_", " "), metric=m,
+                                 title=f"{task}: {m.replace('_', ' ')} with the teacher", style=rep.style,
+                                 legend=ax is axes[0])
         rep.figure(fig, f"agreement_{task}.png", f"{task}: agreement with the teacher per split (mean ± 95% CI)")
     for key in keys:
         g = at[at["group"] == key]
@@ -325,7 +331,7 @@ def section_similarity(rep: Report, runs: list[Run], measure: str, seed: int) ->
             S = similarity.similarity_matrix(have, measure=measure)
             rep.csv(S.reset_index(names="run"), f"{measure}_{task}.csv")
             fig, ax = plt.subplots(figsize=(min(18.0, 3.5 + 0.38 * len(S)), min(17.0, 2.5 + 0.38 * len(S))))
-            figures.plot_similarity_heatmap(S, _label_map(have), ax=ax, title=f"{task}: {measure}")
+            figures.plot_similarity_heatmap(S, _label_map(rep, have), ax=ax, title=f"{task}: {measure}")
             rep.figure(fig, f"{measure}_{task}.png", f"{task}: pairwise {measure} of final probe features")
             _similarity_to_teacher(rep, have, S, measure)
             if S.isna().to_numpy().any():
@@ -334,7 +340,7 @@ def section_similarity(rep: Report, runs: list[Run], measure: str, seed: int) ->
                 coords = maps.run_map(have, S, seed=seed)
                 rep.csv(coords, f"mds_{measure}_{task}.csv")
                 fig, ax = plt.subplots(figsize=(6, 4.8))
-                maps.plot_map(coords, ax=ax, title=f"{task}: MDS of 1 − {measure}")
+                maps.plot_map(coords, ax=ax, title=f"{task}: MDS of 1 − {measure}", style=rep.style)
                 rep.figure(fig, f"mds_{measure}_{task}.png", f"{task}: models placed by 1 − {measure} (MDS, seed {seed})")
         with_test = [r for r in task_runs if "test" in r.output_splits()]
         if len(with_test) >= 2:
@@ -342,7 +348,7 @@ def section_similarity(rep: Report, runs: list[Run], measure: str, seed: int) ->
             coords = maps.run_map(with_test, P, seed=seed)
             rep.csv(coords, f"mds_predictions_{task}.csv")
             fig, ax = plt.subplots(figsize=(6, 4.8))
-            maps.plot_map(coords, ax=ax, title=f"{task}: MDS of predictions (1 − JS/ln 2, test)")
+            maps.plot_map(coords, ax=ax, title=f"{task}: MDS of predictions (1 − JS/ln 2, test)", style=rep.style)
             rep.figure(fig, f"mds_predictions_{task}.png",
                        f"{task}: models placed by the similarity of their test-set output distributions")
         else:
@@ -351,15 +357,14 @@ def section_similarity(rep: Report, runs: list[Run], measure: str, seed: int) ->
 
 def _similarity_to_teacher(rep: Report, runs: list[Run], S: pd.DataFrame, measure: str) -> None:
     pairs, _ = _agreement_pairs(runs)
-    rows = [{"config": None, "model": s.model, "distill": s.distill, "teacher_model": t.model,
-             "role": s.role, "seed": s.seed, "value": S.loc[s.run_id, t.run_id]}
-            for s, t in pairs if s.run_id in S.index and t.run_id in S.index]
-    if not rows:
+    if not any(s.run_id in S.index and t.run_id in S.index for s, t in pairs):
         rep.missing(f"no student with a teacher among the runs with features: no {measure} to teacher.")
         return
-    d = pd.DataFrame(rows)
-    d["config"] = d["model"] + " / " + np.where(d["distill"] == "none", "none (vs " + d["teacher_model"] + " teacher)",
-                                                d["distill"] + "<-" + d["teacher_model"])
+    d = pd.DataFrame([{**_style_row(s), "value": S.loc[s.run_id, t.run_id], "reference": t.model}
+                      for s, t in pairs if s.run_id in S.index and t.run_id in S.index])
+    d = _with_config(rep, d)
+    none = d["distill"] == "none"
+    d.loc[none, "config"] = d.loc[none, "config"] + " (vs " + d.loc[none, "reference"] + " teacher)"
     s = tables.summarize(d, by=["config"])
     rep.p(f"**{measure} with the teacher** (distill = none: independent student of the same seed)")
     rep.table(s[["config", "n", "mean", "half_width", "text"]])
@@ -384,7 +389,7 @@ def section_paths(rep: Report, runs: list[Run], measure: str, seed: int) -> None
         paths = maps.training_paths(task_runs, measure=measure, seed=seed)
         rep.csv(paths, f"training_paths_{task}.csv")
         fig, ax = plt.subplots(figsize=(6.5, 5.2))
-        maps.plot_training_paths(paths, ax=ax, title=f"{task}: training paths ({measure})")
+        maps.plot_training_paths(paths, ax=ax, title=f"{task}: training paths ({measure})", style=rep.style)
         rep.figure(fig, f"training_paths_{task}.png", f"{task}: training paths in one MDS map (seed {seed})")
 
 
@@ -438,8 +443,9 @@ def section_basins(rep: Report, runs: list[Run], max_pairs: int = 3) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         plot_linear_paths(d, hue="pair", ax=axes[0], metric="loss")
         plot_linear_paths(d, hue="pair", ax=axes[1], metric="accuracy")
-        for ax in axes:
-            ax.legend(fontsize=6)
+        axes[0].get_legend().remove()
+        axes[1].set_ylim(0, 1)
+        legend_outside(axes[1], title="student pair · split")
         fig.suptitle(f"{task}: independent (λ=0) → cross-distilled (λ=1) student")
         rep.figure(fig, f"basins_{task}.png", f"{task}: loss and accuracy along the line between two students")
 
@@ -500,7 +506,8 @@ def _drift_rows(rep: Report, r: Run) -> list[dict]:
 def section_calibration(rep: Report, runs: list[Run]) -> None:
     rep.h(2, "Calibration")
     rep.p("ECE with 15 equal-width confidence bins (L1), recomputed from the per-example outputs. "
-          "Reliability diagrams pool the examples of all seeds of a configuration.")
+          "Reliability diagrams pool the examples of all seeds of a configuration; they show `test` and up to "
+          "two shifted splits (every split's ECE is in `ece_recomputed.csv`).")
     rel = calibration.reliability_frame(r for r in runs if r.output_splits())
     if rel.empty:
         rep.missing("no run has per-example outputs (`outputs/*.npz`).")
@@ -515,26 +522,61 @@ def section_calibration(rep: Report, runs: list[Run]) -> None:
         rep.p(f"**Warning:** recomputed ECE differs from metrics.json by > 1e-4 for {len(bad)} run/split "
               "pair(s), see `ece_recomputed.csv`.")
     for task in sorted(rel["task"].unique()):
-        pooled = _pooled_reliability([r for r in runs if r.task == task and r.output_splits()])
-        fig = calibration.plot_reliability_grid(pooled, row="config", col="split")
-        rep.figure(fig, f"reliability_{task}.png", f"{task}: reliability diagrams per configuration and "
-                   "split (examples of all seeds pooled)")
+        task_runs = [r for r in runs if r.task == task and r.output_splits()]
+        splits = reliability_splits({s for r in task_runs for s in r.output_splits()})
+        pooled = _pooled_reliability(rep, task_runs, splits)
+        order = rep.style.order(pooled["config"].unique())
+        fig = calibration.plot_reliability_grid(pooled, row="config", col="split", row_order=order,
+                                                colors=rep.style.palette(order),
+                                                row_labels={c: _wrap(c) for c in order})
+        rep.figure(fig, f"reliability_{task}.png", f"{task}: reliability diagrams per configuration on "
+                   f"{', '.join(splits)} (examples of all seeds pooled; hatched: the gap between a bin's accuracy "
+                   "and its mean confidence)")
 
 
-def _pooled_reliability(runs: list[Run]) -> pd.DataFrame:
+#: OOD families in the order their splits are shown in the reliability figure
+_SHIFT_PREFERENCE = ("translated", "scaled", "rotated", "sheared", "attractors_4", "attractors", "test_deep")
+
+
+def reliability_splits(splits: set[str], k: int = 3) -> list[str]:
+    """``test`` and up to ``k - 1`` other splits, one per OOD family, each at its middle severity."""
+    families: dict[str, list[str]] = {}
+    for sp in order_splits(splits):
+        if sp != "test":
+            families.setdefault(tables.split_severity(sp)[0], []).append(sp)
+    ranked = sorted(families, key=lambda f: (next((i for i, p in enumerate(_SHIFT_PREFERENCE) if f.startswith(p)),
+                                                   len(_SHIFT_PREFERENCE)), f))
+    picked = [members[len(members) // 2] for members in (families[f] for f in ranked)][: k - (1 if "test" in splits else 0)]
+    return (["test"] if "test" in splits else []) + picked
+
+
+def _wrap(label: str, width: int = 22) -> str:
+    """A long configuration label on two lines (row labels of a grid)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
+def _style_row(r: Run) -> dict:
+    return {"model": r.model, "role": r.role, "distill": r.distill, "objective": r.objective,
+            "teacher_model": r.teacher_model, "transfer": r.transfer, "alpha": r.alpha,
+            "temperature": r.temperature, "seed": r.seed}
+
+
+def _pooled_reliability(rep: Report, runs: list[Run], splits: Sequence[str] | None = None) -> pd.DataFrame:
     """Reliability data per configuration and split, pooling the examples of all its seeds."""
-    info = _with_config(pd.DataFrame([{"model": r.model, "role": r.role, "distill": r.distill,
-                                       "teacher_model": r.teacher_model} for r in runs]))
+    info = _with_config(rep, pd.DataFrame([_style_row(r) for r in runs]))
     parts = []
     for cfg in sorted(info["config"].unique()):
         members = [r for r, c in zip(runs, info["config"]) if c == cfg]
-        for split in order_splits({s for m in members for s in m.output_splits()}):
+        have = {s for m in members for s in m.output_splits()}
+        for split in order_splits(have if splits is None else have & set(splits)):
             outs = [m.outputs(split) for m in members if split in m.output_splits()]
             logits = np.concatenate([o.logits for o in outs])
             labels = np.concatenate([o.labels for o in outs])
             data = calibration.reliability_data(logits, labels, from_logits=True)
             ece = calibration.expected_calibration_error(logits, labels, from_logits=True)
-            parts.append(data.assign(config=f"{cfg} ({len(outs)} run(s))", split=split, ece=ece))
+            parts.append(data.assign(config=cfg, split=split, ece=ece, runs=len(outs)))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -548,6 +590,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, measure: str =
         warnings.simplefilter("always")
         runs = readable_runs(with_teachers(find_runs(*paths)))
         frame = runs_frame(runs)
+    rep.style = Style(runs)  # one label and colour per configuration in every table and figure
     rep.lines += ["# biaskd analysis report", "",
                   f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
                   f"`python -m analysis.report`.", ""]

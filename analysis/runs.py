@@ -247,12 +247,10 @@ class Run:
 
     @property
     def label(self) -> str:
-        """Short human label, e.g. ``mlp [cross<-cnn] s0``."""
-        mode = self.distill
-        if mode != "none" and self.teacher_model:
-            mode = f"{mode}<-{self.teacher_model}"
-        transfer = f" +{self.transfer}" if self.transfer else ""
-        return f"{self.model} [{mode}{transfer}] s{self.seed}"
+        """Its configuration's label and seed, e.g. ``mlp distilled from cnn · s0`` (:mod:`analysis.style`)."""
+        from analysis.style import Style
+
+        return Style().run_label(self)
 
     def __repr__(self) -> str:
         return f"Run({self.run_id!r}, {self.label!r}, path={str(self.path)!r})"

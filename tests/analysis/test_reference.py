@@ -58,7 +58,7 @@ def test_cli_writes_readme_reports_and_csvs(vision_close, language_close, tmp_pa
     assert "(language/report.md)" in text and "(vision/report.md)" in text
     # the report keeps an independent student's comparisons with different teachers apart
     report = (out / "vision" / "report.md").read_text()
-    assert "mlp / none (vs cnn teacher)" in report and "mlp / none (vs mlp teacher)" in report
+    assert "mlp independent (vs cnn teacher)" in report and "mlp independent (vs mlp teacher)" in report
     assert "biaskd -m experiment=mnist_reference seed=1,2,3  # wall 41 min" in text
     assert "python -m analysis.reference --vision" in text
     # the synthetic teachers' architectures are better where the paper says so
