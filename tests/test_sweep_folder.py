@@ -72,6 +72,8 @@ def test_report_on_the_sweep_folder_with_a_wandb_analysis_run(sweep):
     images = list((offline / "files" / "media" / "images").rglob("*.png"))
     assert len(images) == len(list((cwd / "report").glob("*.png"))) > 0
     assert "job_type analysis, group 'default'" in err and "wandb sync" in err
+    # the report says how far it is while it works
+    assert "[report 1/12] read 6 run dir(s)" in err and "[report 12/12] calibration" in err
 
 
 def test_durations_read_as_a_person_writes_them():
