@@ -31,6 +31,10 @@ def _key(path: Path, root: Path) -> str:
 def log_report(folder: str | Path, group: str | None = None, project: str = "biaskd",
                entity: str | None = None, mode: str | None = None, name: str | None = None) -> Path:
     """Log the report in ``folder`` to one W&B run; returns the run's local folder."""
+    from biaskd import extras
+
+    if not extras.installed("wandb"):
+        raise SystemExit(f"error: {extras.message('wandb')}")
     import wandb
 
     from biaskd.wandb_logging import wandb_mode

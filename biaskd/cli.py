@@ -146,8 +146,16 @@ def main() -> None:
 
         if _verbose() or (_state["started"] and not isinstance(exc, CompactHydraException)):
             raise  # a bug: its traceback
-        # the command line could not be composed into a config (unknown key, bad override)
-        if isinstance(exc, CompactHydraException):
+        from biaskd.extras import hint_for
+
+        # the command line could not be composed into a config (unknown key, bad override, a launcher
+        # whose optional package is missing)
+        if hint_for(exc):
+            print(f"error: {hint_for(exc)}", file=sys.stderr)
+        elif "srun" in str(exc):  # the SLURM launcher off a cluster
+            print("error: hydra/launcher=slurm submits SLURM jobs, but SLURM is not here (no `srun`); run the command "
+                  "on the cluster, or use hydra/launcher=basic or parallel", file=sys.stderr)
+        elif isinstance(exc, CompactHydraException):
             print(f"error: {exc}" + (f"\n{exc.__cause__}" if exc.__cause__ else ""), file=sys.stderr)
         else:
             print(f"error: cannot apply the command line's overrides ({type(exc).__name__}: {exc}); a list in the "

@@ -94,6 +94,11 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "train.lr_schedule") is not None:
         _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
     _check_ood(cfg)
+    if OmegaConf.select(cfg, "logger.wandb.enabled", default=False):
+        from biaskd import extras
+
+        if not extras.installed("wandb"):
+            raise ConfigError(f"config key 'logger': {extras.message('wandb')}")
     compare = OmegaConf.select(cfg, "teacher.compare", default="auto")
     if compare != "auto" and not isinstance(compare, bool):
         raise ConfigError(f"config key 'teacher.compare' must be auto, true or false; got {compare!r}")

@@ -55,7 +55,10 @@ student's features and logits come from one forward (``model.features_and_logits
     own NLL of its sentences). Details, batching of the mix and the cache:
     :mod:`biaskd.modules.seqkd`.
 
-Adding an objective = one file with an :class:`Objective` subclass + one line in ``OBJECTIVES``.
+Adding an objective = one file with an :class:`Objective` subclass + one line in ``OBJECTIVES``;
+from outside the repository, ``distill.objective`` takes the subclass's import path
+(``mypkg.objectives.Cosine``; its options under ``distill.<its name>``; README, "Your own model or
+objective").
 """
 from __future__ import annotations
 
@@ -85,9 +88,25 @@ __all__ = ["OBJECTIVES", "Objective", "Outputs", "build_objective", "check_confi
 def objective_class(distill: Mapping[str, Any]) -> type[Objective]:
     """The class of the objective a ``distill`` config names (``kd`` when it names none)."""
     name = distill.get("objective") or "kd"
-    if name not in OBJECTIVES:
-        raise ConfigError(f"config key 'distill.objective' must be one of {', '.join(OBJECTIVES)}; got {name!r}")
-    return OBJECTIVES[name]
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    if "." in name:  # the user's own: an importable Objective subclass, e.g. mypkg.objectives.Cosine
+        return _own_objective(name)
+    raise ConfigError(f"config key 'distill.objective' must be one of {', '.join(OBJECTIVES)}, or the import "
+                      f"path of an Objective subclass (package.module.Class); got {name!r}")
+
+
+def _own_objective(path: str) -> type[Objective]:
+    import hydra.utils
+
+    try:
+        cls = hydra.utils.get_class(path)
+    except Exception as exc:
+        raise ConfigError(f"config key 'distill.objective': cannot import {path!r} ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Objective) and isinstance(getattr(cls, "name", None), str)):
+        raise ConfigError(f"config key 'distill.objective': {path} is not a subclass of biaskd.objectives.Objective "
+                          f"with a name")
+    return cls
 
 
 def check_config(distill: Mapping[str, Any]) -> None:
