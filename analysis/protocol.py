@@ -76,11 +76,13 @@ def judge(per_seed: pd.DataFrame, comparisons: list[Comparison] = PRIMARY) -> tu
     if frame.empty:
         return frame, frame
     frame["p_holm"] = holm(frame["p"].tolist())
-    frame["verdict"] = [_verdict(d, p, s) for d, p, s in zip(frame["diff"], frame["p_holm"], frame["paper_sign"])]
+    frame["verdict"] = [_verdict(d, p, s) if n else "not evaluated (no runs)"
+                        for d, p, s, n in zip(frame["diff"], frame["p_holm"], frame["paper_sign"], frame["n"])]
     verdicts = []
     for (claim, scenario), g in frame.groupby(["claim", "scenario"], sort=True):
         v = set(g["verdict"])
-        verdict = "reproduced" if v == {"reproduced"} else "not reproduced" if "not reproduced" in v else "inconclusive"
+        verdict = ("reproduced" if v == {"reproduced"} else "not reproduced" if "not reproduced" in v
+                   else "not evaluated (no runs)" if v == {"not evaluated (no runs)"} else "inconclusive")
         verdicts.append({"claim": claim, "scenario": scenario, "text": CLAIMS[claim], "verdict": verdict,
                          "comparisons": len(g)})
     return frame, pd.DataFrame(verdicts)

@@ -273,8 +273,10 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     ax.set_xlabel("student epochs, transfer inputs N")
     ax.set_ylabel("teacher, temperature")
     n = int(f["n_seeds"].max())
-    ax.set_title(f"{scenario}: {METRICS[scenario][metric].split(':')[0]}\ndistilled − independent student ({n} seeds)",
-                 fontsize=10)
+    import textwrap
+
+    what = textwrap.fill(f"{scenario}: {METRICS[scenario][metric].split(':')[0]}", 48)
+    ax.set_title(f"{what}\ndistilled − independent student ({n} seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -355,6 +357,12 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
                "teacher_signal": out / "teacher_signal.csv", "teacher_bias": out / "teacher_bias.csv"}
     map_frame.to_csv(written["transfer_map"], index=False, float_format="%.6g")
     per_seed.to_csv(written["per_seed"], index=False, float_format="%.6g")
+    from analysis.protocol import judge
+
+    comparisons, verdicts = judge(per_seed)
+    written["claims"], written["verdicts"] = out / "claims_v2.csv", out / "verdicts_v2.csv"
+    comparisons.to_csv(written["claims"], index=False, float_format="%.6g")
+    verdicts.to_csv(written["verdicts"], index=False)
     signal = teacher_signal_frame(runs)
     keys = ["scenario", "teacher", "distill", "student_epochs", "temperature", "transfer_n", "inputs"]
     if not signal.empty:
