@@ -14,6 +14,9 @@ KNOWN_WARNINGS = (
      "would only copy them"),
     (r".*LeafSpec.*",
      "Lightning's own use of a torch pytree API that newer torch deprecates; no code of ours involved"),
+    (r".*overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`.*",
+     "the module's own transfer_batch_to_device (ClassifierModule) is the one meant to run; Lightning says it "
+     "will use it"),
     (r".*smaller than the logging interval.*",
      "tiny runs (tests, smoke runs) have fewer batches an epoch than log_every_n_steps; metrics.json "
      "holds the results, the CSV log is a by-product"),
