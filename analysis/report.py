@@ -14,6 +14,8 @@ section that needs them, with the reason in its place, since its numbers would b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import sys
 import time
@@ -616,6 +618,42 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, measure: str =
     out = Path(out)
     rep = Report(out)
     steps = Progress(total=1 + len(SECTION_NAMES), enabled=progress)
+    with _each_warning_once():
+        return _build(rep, steps, paths, measure, seed)
+
+
+class _OncePerMessage(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = record.getMessage()
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextlib.contextmanager
+def _each_warning_once():
+    """biaskd's log warnings once each while the report runs (rebuilding a task's data for the
+    basins repeats the data's own notes), where nothing else handles them (no logging set up)."""
+    log = logging.getLogger("biaskd")
+    if logging.getLogger().handlers or log.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_OncePerMessage())
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
+def _build(rep: Report, steps: Progress, paths: Sequence[str | Path], measure: str, seed: int) -> Path:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = readable_runs(with_teachers(find_runs(*paths)))
@@ -647,12 +685,21 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, measure: str =
     ]
     for section, *args in sections:
         try:
-            section(rep, *args)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.filterwarnings("always", message=".*catastrophic cancellation.*", category=RuntimeWarning)
+                section(rep, *args)
         except ArtifactError as exc:  # artifacts inconsistent across runs: this section only
             import matplotlib.pyplot as plt
 
             plt.close("all")
             rep.missing(f"this section stopped: {exc}")
+        cancelled = [w for w in caught if "catastrophic cancellation" in str(w.message)]
+        if cancelled:  # said in the report, where it matters, instead of on the terminal
+            rep.p("Note: some values compared here are (nearly) identical on every seed, so scipy's t statistics "
+                  "for them lose precision (its warning); their intervals and p-values are not reliable.")
+        for w in caught:
+            if w not in cancelled:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # the others as they were
         steps.step(SECTION_NAMES.get(section.__name__, section.__name__))
     return rep.write()
 
