@@ -88,9 +88,9 @@ __all__ = ["OBJECTIVES", "Objective", "Outputs", "build_objective", "check_confi
 def objective_class(distill: Mapping[str, Any]) -> type[Objective]:
     """The class of the objective a ``distill`` config names (``kd`` when it names none)."""
     name = distill.get("objective") or "kd"
-    if name in OBJECTIVES:
+    if isinstance(name, str) and name in OBJECTIVES:
         return OBJECTIVES[name]
-    if "." in name:  # the user's own: an importable Objective subclass, e.g. mypkg.objectives.Cosine
+    if isinstance(name, str) and "." in name:  # the user's own: an importable Objective subclass (pkg.module.Class)
         return _own_objective(name)
     raise ConfigError(f"config key 'distill.objective' must be one of {', '.join(OBJECTIVES)}, or the import "
                       f"path of an Objective subclass (package.module.Class); got {name!r}")
