@@ -15,7 +15,6 @@ Reads run dirs only (never trains). Modules, each with one job:
 * :mod:`analysis.report` -- ``python -m analysis.report RUNS... --out DIR``
 * :mod:`analysis.reference` -- ``python -m analysis.reference --vision RUNS --language RUNS --out results``:
   per-scenario reports plus a README with a verdict on each of the paper's claims
-* :mod:`analysis.testing` -- synthetic run dirs in the exact run-dir format
 """
 
 import importlib

@@ -17,12 +17,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import cohen_kappa_score
 
 from biaskd.errors import ArtifactError
+from biaskd.schema import SplitOutputs
 # one definition for the training driver (which logs them per run) and the analysis
 from biaskd.measures import LN2, as_array as _as_array, from_logits, js_divergence, top1_agreement
 
-from analysis.runs import Outputs, Run, order_splits
+from analysis.runs import Run, order_splits
 
 __all__ = ["LN2", "from_logits", "top1_agreement", "js_divergence", "error_consistency", "agreement_metrics",
            "agreement_table", "check_same_examples", "AGREEMENT_COLUMNS"]
@@ -45,14 +47,12 @@ def error_consistency(correct_a, correct_b) -> float:
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"expected two equal-length non-empty vectors, got {a.shape} and {b.shape}")
     pa, pb = a.mean(), b.mean()
-    c_obs = np.mean(a == b)
-    c_exp = pa * pb + (1 - pa) * (1 - pb)
-    if np.isclose(c_exp, 1.0, rtol=0, atol=1e-12):
+    if np.isclose(pa * pb + (1 - pa) * (1 - pb), 1.0, rtol=0, atol=1e-12):  # c_exp = 1: no error pattern
         return math.nan
-    return float((c_obs - c_exp) / (1 - c_exp))
+    return float(cohen_kappa_score(a, b, labels=[False, True]))
 
 
-def check_same_examples(a: Outputs, b: Outputs) -> None:
+def check_same_examples(a: SplitOutputs, b: SplitOutputs) -> None:
     """Raise :class:`ArtifactError` unless ``a`` and ``b`` hold the same examples in order."""
     if a.ids.shape != b.ids.shape or not np.array_equal(a.ids, b.ids):
         raise ArtifactError(
@@ -69,7 +69,7 @@ def check_same_examples(a: Outputs, b: Outputs) -> None:
         )
 
 
-def agreement_metrics(student: Outputs, teacher: Outputs, mask: np.ndarray | None = None) -> dict:
+def agreement_metrics(student: SplitOutputs, teacher: SplitOutputs, mask: np.ndarray | None = None) -> dict:
     """All agreement measures of ``student`` vs ``teacher`` (optionally on ``mask``)."""
     check_same_examples(student, teacher)
     ps, pt = student.probs, teacher.probs

@@ -7,8 +7,8 @@ self-distillation) or in the one its independent twin finds.
 
 The functions take a ``model_factory()`` returning a fresh model and an
 ``eval_fn(model) -> (loss, accuracy)``, so any model and any eval data fit; state dicts come
-from :meth:`analysis.runs.Run.state_dict`. :func:`run_linear_path` wires both to biaskd for
-two run dirs (it rebuilds the model and the eval data from the run's config).
+from :meth:`analysis.runs.Run.state_dict`. :func:`run_linear_path` wires both to two run dirs
+through :func:`biaskd.rebuild.rebuild` (the model and the eval data from the run's config).
 """
 
 from __future__ import annotations
@@ -103,36 +103,27 @@ def run_linear_path(run_a: "Run", run_b: "Run", split: str = "test",
     (for the LM setup: of the 2-way verb-number logits).
     """
     import torch.nn.functional as F
-    from omegaconf import OmegaConf
 
-    from biaskd.models import build_model
-    from biaskd.modules.lm import is_lm, lm_scores
-    from biaskd.train import build_data, predict_logits
+    from biaskd.rebuild import rebuild  # the training stack, loaded only when a path is asked for
 
     if (run_a.task, run_a.model) != (run_b.task, run_b.model):
         raise ArtifactError(f"runs {run_a.run_id} ({run_a.task}/{run_a.model}) and {run_b.run_id} "
                             f"({run_b.task}/{run_b.model}): weights interpolate only within one "
                             "task and architecture")
-    cfg = OmegaConf.load(run_a.path / "config.yaml")
-    data = build_data(cfg)
-    if split not in data.evals:
-        raise ArtifactError(f"run {run_a.run_id}: task has no eval split {split!r} (have {sorted(data.evals)})")
-    ev = data.evals[split]
+    rebuilt = rebuild(run_a.path)
+    if split not in rebuilt.data.evals:
+        raise ArtifactError(f"run {run_a.run_id}: task has no eval split {split!r} (have {sorted(rebuilt.data.evals)})")
+    ev = rebuilt.data.evals[split]
     if split in run_a.output_splits() and not np.array_equal(run_a.outputs(split).ids, ev.ids.numpy()):
         raise ArtifactError(f"run {run_a.run_id}: rebuilt split {split!r} has other example ids than "
                             "the run's outputs; the data changed since training")
     y = torch.as_tensor(ev.y).long()
 
     def eval_fn(model):
-        if is_lm(data):
-            logits = lm_scores(model, ev, batch_size).verb_logits
-        else:
-            logits = predict_logits(model, ev.x, batch_size)
-        logits = torch.as_tensor(logits).float()
+        logits = torch.as_tensor(rebuilt.logits(model, split, batch_size)).float()
         return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
-    path = linear_path(lambda: build_model(cfg.model, data), run_a.state_dict(step_a),
-                       run_b.state_dict(step_b), eval_fn, lambdas)
+    path = linear_path(rebuilt.new_model, run_a.state_dict(step_a), run_b.state_dict(step_b), eval_fn, lambdas)
     return path.assign(run_a=run_a.run_id, run_b=run_b.run_id, split=split)
 
 

@@ -1,10 +1,9 @@
 """Calibration: expected calibration error and reliability diagrams from per-example outputs.
 
-ECE uses 15 equal-width confidence bins and the L1 norm, binned exactly as torchmetrics'
-``multiclass_calibration_error(..., n_bins=15, norm="l1")`` does, so numbers here match the
-``ece`` the training code logs: bin k holds confidences in ``[k/15, (k+1)/15)``, and, as in
-torchmetrics, a confidence of exactly 1.0 falls in a separate degenerate bin ``[1, 1]``
-(it is frequent: float32 softmax saturates for confident models).
+The ECE is the training code's own (:func:`biaskd.metrics.ece`: torchmetrics, 15 equal-width
+bins, L1). The reliability diagram bins confidences exactly as torchmetrics does: bin k holds
+``[k/15, (k+1)/15)`` and a confidence of exactly 1.0 (frequent: float32 softmax saturates)
+falls in a separate bin ``[1, 1]``; its ``sum(fraction * |gap|)`` is the ECE.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import pandas as pd
 import torch
 
 from analysis.runs import Run
+from biaskd.metrics import ece
 
 N_BINS = 15
 
@@ -70,10 +70,12 @@ def reliability_data(probs, labels, n_bins: int = N_BINS, *, from_logits: bool =
 
 
 def expected_calibration_error(probs, labels, n_bins: int = N_BINS, *, from_logits: bool = False) -> float:
-    """ECE = sum over bins of (fraction of examples) x |accuracy - mean confidence| (L1)."""
-    r = reliability_data(probs, labels, n_bins, from_logits=from_logits)
-    nonempty = r["count"] > 0
-    return float((r.loc[nonempty, "fraction"] * r.loc[nonempty, "gap"].abs()).sum())
+    """ECE = sum over bins of (fraction of examples) x |accuracy - mean confidence| (L1): the
+    training code's own (:func:`biaskd.metrics.ece`), on the same checked inputs as
+    :func:`reliability_data`."""
+    _confidences(probs, labels, from_logits)  # shapes and probability range checked as there
+    p = torch.as_tensor(probs)
+    return ece(p if p.is_floating_point() else p.float(), torch.as_tensor(labels).long(), n_bins, from_logits)
 
 
 def reliability_frame(runs: Iterable[Run], splits: Sequence[str] | None = None,
@@ -86,10 +88,9 @@ def reliability_frame(runs: Iterable[Run], splits: Sequence[str] | None = None,
         for split in (splits if splits is not None else run.output_splits()):
             out = run.outputs(split)
             r = reliability_data(out.logits, out.labels, n_bins, from_logits=True)
-            nonempty = r["count"] > 0
-            ece = float((r.loc[nonempty, "fraction"] * r.loc[nonempty, "gap"].abs()).sum())
             parts.append(r.assign(run=run.run_id, task=run.task, model=run.model, role=run.role,
-                                  distill=run.distill, seed=run.seed, split=split, ece=ece))
+                                  distill=run.distill, seed=run.seed, split=split,
+                                  ece=expected_calibration_error(out.logits, out.labels, n_bins, from_logits=True)))
     cols = ["run", "task", "model", "role", "distill", "seed", "split", "ece"] + RELIABILITY_COLUMNS
     if not parts:
         return pd.DataFrame(columns=cols)

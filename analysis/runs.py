@@ -1,37 +1,18 @@
-"""Read biaskd run dirs (format v1) lazily, so a large sweep costs only its small JSON files.
+"""Read biaskd run dirs lazily, so a large sweep costs only its small JSON files.
 
-A run dir is what one training run leaves behind::
-
-    RUN_DIR/COMPLETE              written last; without it the run is incomplete
-    RUN_DIR/FAILED                training failed; never analysed
-    RUN_DIR/config.yaml           resolved config
-    RUN_DIR/meta.json             who the run is (task, model, role, distill, seed, teacher, ...)
-    RUN_DIR/metrics.json          scalar metrics per eval split
-    RUN_DIR/outputs/SPLIT.npz     per-example logits, labels, ids, meta_<key> arrays
-    RUN_DIR/features/final.npz    probe-set features at the end of training
-    RUN_DIR/features/step_*.npz   probe-set features along training (training paths)
-    RUN_DIR/checkpoints/step_*.pt state dicts along training
-    RUN_DIR/model.pt              final state dict
-
-:func:`load_run` validates the small files and fails with :class:`ArtifactError` naming the run
-and file; per-example arrays are read only when asked for (:meth:`Run.outputs`,
-:meth:`Run.features`), and re-read on every call rather than cached, so iterating over a
-50-run sweep never holds all their outputs at once.
-
-:func:`find_runs` leaves out what it cannot use -- incomplete, failed or corrupt run dirs, and
-second copies of one run (the same run id, i.e. config hash and seed, under two experiment
-folders) -- with one :class:`RunProblem` warning each; :func:`readable_runs` does the same for
-runs whose per-example arrays cannot be read.
+The format is :mod:`biaskd.schema`'s; files are loaded (and checked against the run's manifest)
+by :class:`biaskd.artifacts.RunDir`. :func:`load_run` validates the small files and fails with
+:class:`ArtifactError` naming the run and file; per-example arrays are read only when asked for
+(:meth:`Run.outputs`, :meth:`Run.features`) and not cached, so iterating over a 50-run sweep
+never holds all their outputs at once. :func:`find_runs` leaves out what it cannot use, with one
+:class:`RunProblem` warning each; :func:`readable_runs` does the same for unreadable arrays.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 import warnings
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,22 +20,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from biaskd.artifacts import check_file
+from biaskd import artifacts, schema
+from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError
+from biaskd.schema import Features, SplitOutputs
 
-FORMAT = "biaskd-run"
-SUPPORTED_FORMAT_VERSIONS = (1, 2)  # 2 adds MANIFEST.json (checked on every read)
-REQUIRED_META_KEYS = (
-    "format",
-    "format_version",
-    "run_id",
-    "task",
-    "model",
-    "role",
-    "distill",
-    "seed",
-    "num_classes",
-)
 #: Columns of :func:`runs_frame` that describe a run (one value per run).
 RUN_COLUMNS = [
     "run",
@@ -76,12 +46,6 @@ RUN_COLUMNS = [
 ]
 FRAME_COLUMNS = RUN_COLUMNS + ["split", "metric", "value"]
 
-_STEP_RE = re.compile(r"^step_(\d+)\.(npz|pt)$")
-
-
-#: Files that make a folder a run dir (a run dir that lost its meta.json is still one).
-RUN_MARKERS = ("meta.json", "COMPLETE", "FAILED")
-
 
 class IncompleteRunError(ArtifactError):
     """The run dir has no COMPLETE marker (still running, killed, or failed)."""
@@ -95,81 +59,22 @@ class RunProblem(UserWarning):
         self.path = Path(path)
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """Per-example outputs of one run on one eval split."""
-
-    run: str
-    split: str
-    logits: np.ndarray  # float32 (n, C)
-    labels: np.ndarray  # int64 (n,)
-    ids: np.ndarray  # int64 (n,)
-    meta: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (n,) array
-
-    @property
-    def n(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def probs(self) -> np.ndarray:
-        """Softmax of the logits in float64 (numerically stable)."""
-        from analysis.agreement import from_logits
-
-        return from_logits(self.logits)
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return np.argmax(self.logits, axis=1)
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predictions == self.labels
-
-
-@dataclass(frozen=True)
-class Features:
-    """Probe-set features of one run at one training step."""
-
-    run: str
-    step: int
-    features: np.ndarray  # float32 (n_probe, d)
-    ids: np.ndarray  # int64 (n_probe,)
-
-
 def _read_json(path: Path, run: str) -> Any:
     if not path.is_file():
         raise ArtifactError(f"run {run}: missing {path.name} ({path})")
     try:
-        check_file(path)
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"run {run}: {path.name} is not valid JSON ({path}): {exc}") from exc
+        return artifacts.read_json(path)
+    except ArtifactError as exc:
+        raise ArtifactError(f"run {run}: {exc}") from None
 
 
-def _load_npz(path: Path, run: str, required: Iterable[str]) -> dict[str, np.ndarray]:
+def _load_npz(path: Path, run: str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise ArtifactError(f"run {run}: missing {path.relative_to(path.parents[1])} ({path})")
-    check_file(path)
     try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:  # closed even if np.load fails
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # zipfile / ValueError / OSError: all mean a corrupt file
-        raise ArtifactError(f"run {run}: cannot read {path}: {exc}") from exc
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise ArtifactError(f"run {run}: {path} lacks array(s) {missing}")
-    return arrays
-
-
-def _step_files(folder: Path, suffix: str) -> dict[int, Path]:
-    if not folder.is_dir():
-        return {}
-    found = {}
-    for p in folder.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m and m.group(2) == suffix:
-            found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
+        return artifacts.load_npz(path)
+    except ArtifactError as exc:
+        raise ArtifactError(f"run {run}: cannot read {exc}") from None
 
 
 class Run:
@@ -177,6 +82,7 @@ class Run:
 
     def __init__(self, path: str | os.PathLike, meta: dict, metrics: dict):
         self.path = Path(path)
+        self.dir = RunDir(self.path)
         self.meta = meta
         self.metrics = metrics
 
@@ -293,7 +199,7 @@ class Run:
     def config(self) -> dict:
         import yaml
 
-        p = self.path / "config.yaml"
+        p = self.path / schema.CONFIG
         if not p.is_file():
             raise ArtifactError(f"run {self.run_id}: missing config.yaml ({p})")
         return yaml.safe_load(p.read_text()) or {}
@@ -305,7 +211,7 @@ class Run:
 
     def output_splits(self) -> list[str]:
         """Eval splits that have per-example outputs on disk (``test`` first)."""
-        d = self.path / "outputs"
+        d = self.path / schema.OUTPUTS
         if not d.is_dir():
             return []
         return order_splits(p.stem for p in d.glob("*.npz"))
@@ -319,101 +225,46 @@ class Run:
             ) from None
 
     # --- arrays -------------------------------------------------------------------------------
-    def outputs(self, split: str) -> Outputs:
+    def outputs(self, split: str) -> SplitOutputs:
         """Load ``outputs/<split>.npz`` (not cached) and check its shapes."""
-        path = self.path / "outputs" / f"{split}.npz"
-        a = _load_npz(path, self.run_id, ("logits", "labels", "ids"))
-        logits, labels, ids = a["logits"], a["labels"], a["ids"]
-        n = labels.shape[0] if labels.ndim == 1 else -1
-        if (
-            logits.ndim != 2
-            or labels.ndim != 1
-            or ids.shape != labels.shape
-            or logits.shape[0] != n
-            or logits.shape[1] != self.num_classes
-        ):
-            raise ArtifactError(
-                f"run {self.run_id}: {path} has inconsistent shapes logits{logits.shape} "
-                f"labels{labels.shape} ids{ids.shape} (num_classes={self.num_classes})"
-            )
-        if not np.all(np.isfinite(logits)):
-            raise ArtifactError(f"run {self.run_id}: {path} has non-finite logits")
-        if len(np.unique(ids)) != len(ids):
-            raise ArtifactError(f"run {self.run_id}: {path} has duplicate example ids")
-        meta = {}
-        for k, v in a.items():
-            if k.startswith("meta_"):
-                if v.shape[:1] != (n,):
-                    raise ArtifactError(
-                        f"run {self.run_id}: {path} array {k} has shape {v.shape}, expected ({n},)"
-                    )
-                meta[k[len("meta_"):]] = v
-        return Outputs(self.run_id, split, logits, labels.astype(np.int64), ids.astype(np.int64), meta)
+        path = self.path / schema.outputs_file(split)
+        return schema.split_outputs(_load_npz(path, self.run_id), self.run_id, split, self.num_classes, path)
 
     def feature_steps(self) -> list[int]:
         """Training steps with saved probe features (``features/step_*.npz``), ascending."""
-        return list(_step_files(self.path / "features", "npz"))
+        return list(self.dir.steps(schema.FEATURES, "npz"))
 
     def has_features(self, step: int | str = "final") -> bool:
         if step == "final":
-            return (self.path / "features" / "final.npz").is_file()
-        return int(step) in _step_files(self.path / "features", "npz")
+            return (self.path / schema.features_file()).is_file()
+        return int(step) in self.dir.steps(schema.FEATURES, "npz")
 
     def features(self, step: int | str = "final") -> Features:
         """Probe features at ``step`` (an int training step, or ``"final"``)."""
-        if step == "final":
-            path = self.path / "features" / "final.npz"
-        else:
-            path = _step_files(self.path / "features", "npz").get(int(step))
-            if path is None:
-                raise ArtifactError(
-                    f"run {self.run_id}: no features at step {step} "
-                    f"(have {self.feature_steps()}) in {self.path / 'features'}"
-                )
-        a = _load_npz(path, self.run_id, ("features", "ids"))
-        x, ids = a["features"], a["ids"]
-        if x.ndim != 2 or ids.shape != (x.shape[0],):
+        if step != "final" and int(step) not in self.dir.steps(schema.FEATURES, "npz"):
             raise ArtifactError(
-                f"run {self.run_id}: {path} has features{x.shape} and ids{ids.shape}"
+                f"run {self.run_id}: no features at step {step} "
+                f"(have {self.feature_steps()}) in {self.path / schema.FEATURES}"
             )
-        if not np.all(np.isfinite(x)):
-            raise ArtifactError(f"run {self.run_id}: {path} has non-finite features")
-        probe_n = (self.meta.get("probe") or {}).get("n")
-        if probe_n is not None and int(probe_n) != x.shape[0]:
-            raise ArtifactError(
-                f"run {self.run_id}: {path} has {x.shape[0]} probe examples but meta.json "
-                f"says probe n={probe_n}"
-            )
-        if "step" in a:
-            s = int(np.asarray(a["step"]))
-        elif step != "final":
-            s = int(step)
-        else:
-            s = int(self.metrics.get("train", {}).get("steps", -1))
-        return Features(self.run_id, s, x, ids.astype(np.int64))
+        path = self.path / schema.features_file(step)
+        default = int(step) if step != "final" else int(self.metrics.get("train", {}).get("steps", -1))
+        return schema.features_record(_load_npz(path, self.run_id), self.run_id, default,
+                                      (self.meta.get("probe") or {}).get("n"), path)
 
     def checkpoint_steps(self) -> list[int]:
-        return list(_step_files(self.path / "checkpoints", "pt"))
+        return list(self.dir.steps(schema.CHECKPOINTS, "pt"))
 
     def state_dict(self, step: int | None = None) -> dict:
         """Final (``model.pt``) or step-``step`` state dict, loaded with ``weights_only=True``."""
-        import torch
-
-        if step is None:
-            path = self.path / "model.pt"
-        else:
-            path = _step_files(self.path / "checkpoints", "pt").get(int(step))
-            if path is None:
-                raise ArtifactError(
-                    f"run {self.run_id}: no checkpoint at step {step} (have {self.checkpoint_steps()})"
-                )
+        if step is not None and int(step) not in self.dir.steps(schema.CHECKPOINTS, "pt"):
+            raise ArtifactError(f"run {self.run_id}: no checkpoint at step {step} (have {self.checkpoint_steps()})")
+        path = self.path / schema.weights_file("final" if step is None else step)
         if not path.is_file():
             raise ArtifactError(f"run {self.run_id}: missing {path.name} ({path})")
-        check_file(path)
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ArtifactError(f"run {self.run_id}: cannot load {path}: {exc}") from exc
+            return artifacts.load_state_dict(path)
+        except ArtifactError as exc:
+            raise ArtifactError(f"run {self.run_id}: {exc}") from None
 
 
 def order_splits(splits: Iterable[str]) -> list[str]:
@@ -428,29 +279,17 @@ def load_run(path: str | os.PathLike) -> Run:
     label = str(path)
     if not path.is_dir():
         raise ArtifactError(f"run dir {label} does not exist")
-    if (path / "FAILED").exists():
+    if (path / schema.FAILED).exists():
         reason = ""
         try:
-            reason = json.loads((path / "FAILED").read_text()).get("reason", "")
+            reason = artifacts.read_json(path / schema.FAILED).get("reason", "")
         except Exception:
             pass
         raise IncompleteRunError(f"run {label} FAILED: {reason or 'no reason given'}")
-    if not (path / "COMPLETE").exists():
+    if not (path / schema.COMPLETE).exists():
         raise IncompleteRunError(f"run {label} is incomplete (no COMPLETE marker)")
-    meta = _read_json(path / "meta.json", label)
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"run {label}: meta.json is not an object")
-    missing = [k for k in REQUIRED_META_KEYS if k not in meta]
-    if missing:
-        raise ArtifactError(f"run {label}: meta.json lacks {missing}")
-    if meta["format"] != FORMAT or meta["format_version"] not in SUPPORTED_FORMAT_VERSIONS:
-        raise ArtifactError(
-            f"run {label}: unsupported format {meta['format']!r} v{meta['format_version']} "
-            f"(this reader knows {FORMAT!r} v{list(SUPPORTED_FORMAT_VERSIONS)})"
-        )
-    metrics = _read_json(path / "metrics.json", meta["run_id"])
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("splits"), dict):
-        raise ArtifactError(f"run {meta['run_id']}: metrics.json has no 'splits' object ({path})")
+    meta = schema.check_meta(_read_json(path / schema.META, label), label)
+    metrics = schema.check_metrics(_read_json(path / schema.METRICS, meta["run_id"]), f"{meta['run_id']} ({path})")
     return Run(path, meta, metrics)
 
 
@@ -469,7 +308,7 @@ def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[R
         if not root.exists():
             raise ArtifactError(f"runs path {root} does not exist")
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if not any(m in filenames for m in RUN_MARKERS):
+            if not any(m in filenames for m in schema.MARKERS):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 continue
             dirnames[:] = []  # a run dir is a leaf
@@ -577,21 +416,10 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
 def with_teachers(runs: Iterable[Run]) -> list[Run]:
     """``runs`` plus every teacher they name that is not already among them (as the same dir
     or the same run id); a teacher that cannot be loaded is left out with a :class:`RunProblem`."""
-    runs = list(runs)
-    seen = set(runs)
-    ids = {r.run_id for r in runs}
-    out = list(runs)
-    for r in runs:
-        try:
-            t = r.teacher
-        except ArtifactError as exc:
-            warnings.warn(RunProblem(r.teacher_path, str(exc)), stacklevel=2)
-            continue
-        if t is not None and t not in seen and t.run_id not in ids:
-            seen.add(t)
-            ids.add(t.run_id)
-            out.append(t)
-    return out
+    def problem(run: Run, exc: ArtifactError) -> None:
+        warnings.warn(RunProblem(run.teacher_path, str(exc)), stacklevel=4)
+
+    return artifacts.with_teachers(runs, lambda r: r.teacher, lambda r: r.run_id, problem)
 
 
 def check_arrays(run: Run) -> None:

@@ -39,7 +39,11 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict:
         out["note"] = NO_CI_NOTE
         return out
     sd = float(x.std(ddof=1))
-    hw = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+    if sd == 0:  # scipy's interval of constant values is (nan, nan); the mean is exact
+        hw = 0.0
+    else:
+        low, high = stats.ttest_1samp(x, 0.0).confidence_interval(confidence)
+        hw = float((high - low) / 2)
     out.update(sd=sd, half_width=hw, ci_low=out["mean"] - hw, ci_high=out["mean"] + hw)
     return out
 
@@ -114,12 +118,10 @@ def _welch_half_width(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> f
     """Half-width of the Welch t interval of mean(a) - mean(b); NaN unless both have n >= 2."""
     if len(a) < 2 or len(b) < 2:
         return math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se2 = va + vb
-    if se2 == 0:
+    if a.var(ddof=1) + b.var(ddof=1) == 0:
         return 0.0
-    df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return float(stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(se2))
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    return float((high - low) / 2)
 
 
 def transfer_table(frame: pd.DataFrame, min_gap: float = 1e-9, metrics: Sequence[str] | None = None) -> pd.DataFrame:

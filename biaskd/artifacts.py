@@ -1,27 +1,14 @@
-"""Run directories: the format every training run writes and every analysis reads.
-
-Format v1 (documented in README.md, "Run directory format")::
-
-    RUN_DIR/
-      meta.json            who this run is: task, model, role, distill mode, teacher, seed, α, T, hash
-      config.yaml          the full resolved config
-      metrics.json         {"splits": {split: {accuracy, ece, loss, n, ...}}, "train": {...}}
-      outputs/SPLIT.npz    logits (n, C) float32, labels, ids, meta_<key> per-example metadata
-      features/final.npz   probe-set features (n_probe, d) + ids; features/step_XXXXXXXXX.npz
-      checkpoints/         last.ckpt (Lightning, for resuming), step_XXXXXXXXX.pt (state dicts)
-      model.pt             final state dict
-      teacher_cache/       cached teacher outputs on training/transfer sets (teachers only)
-      MANIFEST.json        size and SHA-256 of every file above, written just before COMPLETE
-      COMPLETE             written last; a run dir without it is incomplete
-      FAILED               written instead when training failed
+"""Run directories on disk: atomic writes, integrity checks, and :class:`RunDir`, the one writer
+(and low-level reader) of the format :mod:`biaskd.schema` defines.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 killed process never leaves a half-written file under a real name; it gets the permissions the
 umask gives any new file. Files that change or appear after a run completes (``last.ckpt``,
-``teacher_cache/*``) carry their own digest in a ``<file>.sha256`` sidecar. Every loader here
-checks the file against its digest (hashed once per process and file version) and loads with
-``torch.load(weights_only=True)`` / ``numpy.load(allow_pickle=False)``; a missing, truncated,
-corrupt or altered file raises :class:`ArtifactError` naming it.
+``teacher_cache/*``) carry their own digest in a ``<file>.sha256`` sidecar; the others are
+listed in ``MANIFEST.json``. Every loader here checks the file against its digest (hashed once
+per process and file version) and loads with ``torch.load(weights_only=True)`` /
+``numpy.load(allow_pickle=False)``; a missing, truncated, corrupt or altered file raises
+:class:`ArtifactError` naming it.
 """
 from __future__ import annotations
 
@@ -32,26 +19,17 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from biaskd import schema
 from biaskd.errors import ArtifactError
+from biaskd.schema import COMPLETE, DIGEST_SUFFIX, FAILED, MANIFEST, TMP_SUFFIX
 
-FORMAT = "biaskd-run"
-#: 2: MANIFEST.json and digest sidecars; teachers trained from their own config alone (new hashes)
-FORMAT_VERSION = 2
-COMPLETE = "COMPLETE"
-FAILED = "FAILED"
-MANIFEST = "MANIFEST.json"
-DIGEST_SUFFIX = ".sha256"
-TMP_SUFFIX = ".tmp"
-#: files and folders of a run dir the manifest does not cover (markers; what may change later)
-_UNLISTED_NAMES = {COMPLETE, FAILED, MANIFEST}
-_UNLISTED_DIRS = {"teacher_cache", "wandb"}
 _REPAIR_HINT = "rerun its command with +repair=true to retrain it (the bad run dir is kept aside)"
 
 _umask: int | None = None
@@ -166,8 +144,8 @@ def _manifest_of(run_path: Path) -> dict | None:
 
 
 def _listed(rel: Path) -> bool:
-    return rel.name not in _UNLISTED_NAMES and not rel.name.endswith((DIGEST_SUFFIX, TMP_SUFFIX, ".lock")) \
-        and not (len(rel.parts) > 1 and rel.parts[0] in _UNLISTED_DIRS)
+    return rel.name not in schema.UNLISTED_NAMES and not rel.name.endswith((DIGEST_SUFFIX, TMP_SUFFIX, ".lock")) \
+        and not (len(rel.parts) > 1 and rel.parts[0] in schema.UNLISTED_DIRS)
 
 
 def write_manifest(run_path: str | Path) -> Path:
@@ -229,7 +207,7 @@ def verify_run(run_path: str | Path) -> list[str]:
             problems.append(str(exc))
     for p in run_path.rglob(f"*{DIGEST_SUFFIX}"):
         target = p.with_name(p.name[: -len(DIGEST_SUFFIX)])
-        if target.is_file() and "teacher_cache" not in target.relative_to(run_path).parts:
+        if target.is_file() and schema.TEACHER_CACHE not in target.relative_to(run_path).parts:
             try:
                 check_file(target)
             except ArtifactError as exc:
@@ -317,7 +295,8 @@ def now() -> str:
 
 
 class RunDir:
-    """A run directory on disk (see module docstring for the layout)."""
+    """A run directory on disk (layout: :mod:`biaskd.schema`): its state, the writer of its
+    files and their checked, raw loaders."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -369,26 +348,54 @@ class RunDir:
             if p.exists():
                 p.unlink()
 
-    # -- contents ---------------------------------------------------------------------------
+    # -- writing ------------------------------------------------------------------------------
+    def write_meta(self, meta: dict) -> Path:
+        return write_json(self.path / schema.META, meta)
+
+    def write_config(self, text: str) -> Path:
+        return write_text(self.path / schema.CONFIG, text)
+
+    def write_metrics(self, metrics: dict) -> Path:
+        return write_json(self.path / schema.METRICS, metrics)
+
+    def write_outputs(self, split: str, logits, labels, ids, meta: dict | None = None) -> Path:
+        """``outputs/<split>.npz``: per-example logits, labels, ids and ``meta_<key>`` arrays."""
+        return save_npz(self.path / schema.outputs_file(split), **schema.outputs_arrays(
+            _numpy(logits), _numpy(labels), _numpy(ids), {k: _numpy(v) for k, v in (meta or {}).items()}))
+
+    def write_features(self, step: int | str, features, ids, recorded_step: int) -> Path:
+        """Probe-set features at a training-path ``step`` (or ``"final"``), recorded at ``recorded_step``."""
+        return save_npz(self.path / schema.features_file(step), features=features, ids=ids, step=recorded_step)
+
+    def write_weights(self, step: int | str, state: dict[str, torch.Tensor]) -> Path:
+        """A state dict at a training-path ``step`` (``checkpoints/step_*.pt``) or at the end (``model.pt``)."""
+        return save_state_dict(self.path / schema.weights_file(step), state)
+
+    # -- reading ------------------------------------------------------------------------------
     @property
     def meta(self) -> dict:
-        return read_json(self.path / "meta.json")
+        return read_json(self.path / schema.META)
 
     @property
     def metrics(self) -> dict:
-        return read_json(self.path / "metrics.json")
+        return read_json(self.path / schema.METRICS)
 
     def outputs(self, split: str) -> dict[str, np.ndarray]:
-        return load_npz(self.path / "outputs" / f"{split}.npz")
+        return load_npz(self.path / schema.outputs_file(split))
 
     def features(self, step: int | str = "final") -> dict[str, np.ndarray]:
-        name = "final" if step == "final" else f"step_{int(step):09d}"
-        return load_npz(self.path / "features" / f"{name}.npz")
+        return load_npz(self.path / schema.features_file(step))
 
     def state_dict(self, step: int | str = "final") -> dict[str, torch.Tensor]:
-        if step == "final":
-            return load_state_dict(self.path / "model.pt")
-        return load_state_dict(self.path / "checkpoints" / f"step_{int(step):09d}.pt")
+        return load_state_dict(self.path / schema.weights_file(step))
+
+    def steps(self, folder: str, suffix: str) -> dict[int, Path]:
+        """Training-path files (``step_*.<suffix>``) in ``folder`` by step, ascending."""
+        d = self.path / folder
+        if not d.is_dir():
+            return {}
+        found = {step: p for p in d.iterdir() if (step := schema.step_of(p.name, suffix)) is not None}
+        return dict(sorted(found.items()))
 
     @property
     def teacher_dir(self) -> "RunDir | None":
@@ -402,5 +409,35 @@ class RunDir:
 
     @property
     def last_checkpoint(self) -> Path | None:
-        p = self.path / "checkpoints" / "last.ckpt"
+        p = self.path / schema.LAST_CHECKPOINT
         return p if p.exists() else None
+
+
+def with_teachers(runs: Iterable[Any], teacher_of: Callable[[Any], Any], key: Callable[[Any], str],
+                  on_error: Callable[[Any, ArtifactError], None] | None = None) -> list:
+    """``runs`` plus every teacher they name (``teacher_of(run)``, None for none) that is not among
+    them already (as the same dir, or the same ``key``: the run id), each once, after them. A
+    teacher ``teacher_of`` cannot give (ArtifactError) is left out; ``on_error`` hears of it."""
+    unique: dict[Path, Any] = {}
+    for run in runs:
+        unique.setdefault(Path(run.path).resolve(), run)  # each dir once
+    runs = list(unique.values())
+    dirs, keys = set(unique), {key(r) for r in runs}
+    out = list(runs)
+    for run in runs:
+        try:
+            teacher = teacher_of(run)
+        except ArtifactError as exc:
+            if on_error is not None:
+                on_error(run, exc)
+            continue
+        if teacher is None or Path(teacher.path).resolve() in dirs or key(teacher) in keys:
+            continue
+        dirs.add(Path(teacher.path).resolve())
+        keys.add(key(teacher))
+        out.append(teacher)
+    return out
+
+
+def _numpy(value: Any) -> Any:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value

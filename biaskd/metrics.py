@@ -24,10 +24,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(multiclass_accuracy(logits, labels, num_classes=logits.shape[-1], average="micro"))
 
 
-def ece(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    probs = torch.softmax(logits.float(), dim=-1)
+def ece(scores: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS, from_logits: bool = True) -> float:
+    """Expected calibration error of logits (or, ``from_logits=False``, probabilities)."""
+    probs = torch.softmax(scores.float(), dim=-1) if from_logits else scores
     return float(
-        multiclass_calibration_error(probs, labels, num_classes=logits.shape[-1], n_bins=ECE_BINS, norm="l1")
+        multiclass_calibration_error(probs, labels, num_classes=scores.shape[-1], n_bins=n_bins, norm="l1")
     )
 
 

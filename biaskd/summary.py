@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import pandas as pd
 
+from biaskd import artifacts
 from biaskd.artifacts import RunDir
 
 
@@ -59,21 +59,15 @@ def summary_line(run: RunDir, since: float | None = None) -> str:
     return f"[{run_label(meta)} seed={meta['seed']}] {accs} ({when}) -> {run.path}"
 
 
+def _complete_teacher(run: RunDir) -> RunDir | None:
+    teacher = run.teacher_dir
+    return teacher if teacher is not None and teacher.is_complete else None
+
+
 def with_teachers(runs: Iterable[RunDir]) -> list[RunDir]:
-    """The runs plus the teachers they name (each once), teachers first."""
-    seen: dict[Path, RunDir] = {}
-    students = []
-    for run in runs:
-        t = run.teacher_dir
-        if t is not None:
-            if t.is_complete:
-                seen.setdefault(t.path.resolve(), t)
-        students.append(run)
-    for run in students:
-        seen.setdefault(run.path.resolve(), run)
-    teachers = [r for r in seen.values() if r.meta.get("role") == "teacher"]
-    others = [r for r in seen.values() if r.meta.get("role") != "teacher"]
-    return teachers + others
+    """The runs plus the complete teachers they name (each once), teachers first."""
+    runs = artifacts.with_teachers(runs, _complete_teacher, lambda r: r.path.name)
+    return sorted(runs, key=lambda r: r.meta.get("role") != "teacher")  # stable: teachers first
 
 
 def summary_table(runs: Iterable[RunDir], metric: str = "accuracy") -> pd.DataFrame:

@@ -33,6 +33,11 @@ from biaskd.artifacts import RunDir
 from biaskd.data.base import Split
 from biaskd.errors import ArtifactError
 from biaskd.measures import from_logits, js_divergence, linear_cka, top1_agreement
+from biaskd.modules.callbacks import batched_features
+from biaskd.modules.lm import is_lm, lm_scores
+from biaskd.predict import predict_logits
+from biaskd.rebuild import load_model
+from biaskd.run_record import run_dir_for
 
 @dataclass
 class TeacherComparison:
@@ -69,12 +74,11 @@ def _independent_student(cfg: DictConfig) -> bool:
             and compare_setting(cfg) is not False and (cfg.get("teacher") or {}).get("model") is not None)
 
 
-def prepare(cfg: DictConfig, data) -> None:
+def prepare(cfg: DictConfig, data, ensure_teacher) -> None:
     """With ``teacher.compare=true``, find or train an independent student's teacher before the
-    student trains (as a distilled student's is), so the comparison at the end finds it."""
+    student trains (as a distilled student's is), with the driver's ``ensure_teacher(cfg, data)``,
+    so the comparison at the end finds it."""
     if _independent_student(cfg) and compare_setting(cfg) is True:
-        from biaskd.train import ensure_teacher  # the driver's own teacher lookup
-
         ensure_teacher(cfg, data)
 
 
@@ -90,8 +94,6 @@ def reference_teacher(cfg: DictConfig, data, teacher_run: RunDir | None,
         return teacher_run, teacher_model
     if not _independent_student(cfg):
         return None, None
-    from biaskd.train import run_dir_for
-
     run = run_dir_for(config_mod.teacher_config(cfg), data)
     if run.is_complete and not run.verify():
         return run, None
@@ -121,10 +123,6 @@ def compare(cfg: DictConfig, data, run: RunDir, probe: Split, student_features: 
     teacher_run, teacher_model = reference_teacher(cfg, data, teacher_run, teacher_model)
     if teacher_run is None and teacher_model is None:
         return None
-    from biaskd.modules.callbacks import batched_features
-    from biaskd.modules.lm import is_lm, lm_scores
-    from biaskd.train import load_model, predict_logits
-
     def model() -> torch.nn.Module:
         nonlocal teacher_model
         if teacher_model is None:

@@ -9,7 +9,8 @@ from analysis.agreement import agreement_table
 from analysis.runs import load_run
 from analysis.similarity import linear_cka
 from biaskd.errors import ConfigError
-from biaskd.train import build_data, train
+from biaskd.data.build import build_data
+from biaskd.train import train
 from biaskd.wandb_logging import table_inputs
 
 

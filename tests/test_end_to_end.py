@@ -10,7 +10,10 @@ import biaskd.train
 from biaskd import artifacts
 from biaskd.artifacts import RunDir
 from biaskd.models import build_model
-from biaskd.train import build_data, load_model, predict_logits, train
+from biaskd.data.build import build_data
+from biaskd.predict import predict_logits
+from biaskd.rebuild import load_model
+from biaskd.train import train
 
 EXPECTED_FILES = ["COMPLETE", "meta.json", "config.yaml", "metrics.json", "model.pt",
                   "outputs/test.npz", "outputs/shifted.npz", "features/final.npz",
@@ -33,7 +36,6 @@ def test_cross_distillation_writes_complete_run_dirs(compose_tiny):
     cached = artifacts.load_npz(caches[0])
     assert cached["logits"].shape == (256, 4)
     # the cache equals the teacher's outputs recomputed now
-    from biaskd.train import build_data
     from biaskd.config import teacher_config
     tmodel = load_model(teacher)
     data = build_data(teacher_config(run_cfg := compose_tiny("distill=cross")))
@@ -147,7 +149,6 @@ def test_teacher_link_survives_moving_the_sweep_folder(compose_tiny, tmp_path):
 
 def test_length_sorted_prediction_equals_plain_batches():
     from biaskd.models.sequence import LSTMEncoder
-    from biaskd.train import predict_logits
     torch.manual_seed(0)
     model = LSTMEncoder(vocab_size=20, num_classes=2, d_model=8).eval()
     lengths = torch.randint(1, 12, (50,))
@@ -166,7 +167,6 @@ def test_torch_compile_option_trains_and_saves_plain_weights(compose_tiny):
     assert not any(k.startswith("_orig_mod") for k in run.state_dict(0))
     out = run.outputs("test")
     with torch.no_grad():
-        from biaskd.train import build_data
         data = build_data(__import__("omegaconf").OmegaConf.load(run / "config.yaml"))
         np.testing.assert_allclose(model(data.evals["test"].x).numpy(), out["logits"], rtol=1e-4, atol=1e-5)
 
@@ -188,7 +188,6 @@ def test_init_from_continues_a_distilled_student_without_its_teacher(compose_tin
 def test_distilled_run_records_what_its_soft_targets_carried(compose_tiny):
     from biaskd.config import teacher_config
     from biaskd.metrics import teacher_signal
-    from biaskd.train import build_data, predict_logits
 
     cfg = compose_tiny("distill=cross", "distill.temperature=3.0")
     run = train(cfg)

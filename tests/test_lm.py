@@ -16,7 +16,10 @@ from biaskd.metrics import split_metrics
 from biaskd.models import build_model
 from biaskd.models.sequence import LSTMEncoder
 from biaskd.modules.lm import LMModule, VerbTargets, lm_scores, verb_logits, verb_prefix
-from biaskd.train import build_data, evaluate, load_model, train
+from biaskd.data.build import build_data
+from biaskd.predict import evaluate
+from biaskd.rebuild import load_model
+from biaskd.train import train
 
 # modules are called directly here, without a Trainer to log to
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")

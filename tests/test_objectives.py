@@ -19,7 +19,9 @@ from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
 from biaskd.objectives.logits_mse import LogitsMSE
 from biaskd.objectives.relation import Relation
-from biaskd.train import build_data, teacher_cache, train
+from biaskd.data.build import build_data
+from biaskd.teachers import teacher_cache
+from biaskd.train import train
 
 RUN_FILES = ["COMPLETE", "meta.json", "config.yaml", "metrics.json", "model.pt", "outputs/test.npz",
              "features/final.npz", "features/step_000000000.npz", "checkpoints/last.ckpt"]

@@ -15,6 +15,7 @@ from analysis.similarity import linear_cka
 from analysis.tables import summarize, transfer_table
 from biaskd.artifacts import load_state_dict
 from biaskd.train import train
+from tiny import TINY, compose_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -250,8 +251,6 @@ def runs_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vision_runs(runs_root):
-    from conftest import TINY, compose_cfg
-
     student = train(compose_cfg([*TINY, "distill=cross"], runs_root))
     indep = train(compose_cfg([*TINY, "distill=none"], runs_root))
     return student, indep, student.teacher_dir
@@ -297,8 +296,6 @@ def test_cross_distilled_run_and_its_analysis_are_pinned(vision_runs):
 
 @pytest.mark.parametrize("name", list(OTHER_RUNS))
 def test_other_training_paths_are_pinned(name, runs_root, vision_runs):
-    from conftest import TINY, compose_cfg
-
     run = train(compose_cfg([*TINY, *OTHER_RUNS[name]], runs_root))
     assert tensor_digests(run / "model.pt") == EXPECTED_OTHER[name]["weights"]
     check_metrics(pinned_metrics(run), EXPECTED_OTHER[name]["metrics"])

@@ -15,12 +15,13 @@ from hydra.core.global_hydra import GlobalHydra
 
 import biaskd.train
 from biaskd.cli import CONF_DIR
+from biaskd.data.build import build_data
 from biaskd import config as config_mod
 from biaskd.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
 from biaskd.errors import ConfigError
 from biaskd.models.sequence import LSTMEncoder
-from biaskd.modules.lm import LMModule, check_lm_config, lm_module, mixture_nll, shift
+from biaskd.modules.lm import LMModule, check_lm_config, mixture_nll, shift
 from biaskd.modules.seqkd import (
     beam_search,
     cache_path,
@@ -29,11 +30,13 @@ from biaskd.modules.seqkd import (
     greedy_decode,
     is_sequence_level,
     sentence_bleu,
+    sequence_level_module,
     sequence_level_split,
     shares_of,
     verb_forms,
 )
 from biaskd.objectives import OBJECTIVES, check_config, objective_options
+from biaskd.run_record import run_name
 
 # modules are called directly here, without a Trainer to log to
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -419,7 +422,7 @@ def test_seqkd_config_validates_in_the_lm_setup_only(compose_tiny, tmp_path):
     assert objective_options(cfg.distill) == {"beam_width": 5, "prompt": "verb", "prompt_tokens": 2, "verb": "candidates",
                                                 "mix": "teacher"}
     assert cfg.distill.mode == "cross" and cfg.distill.alpha == 1.0
-    assert "-cross-seqkd-from-lstm-" in biaskd.train.run_name(cfg, "abc")
+    assert "-cross-seqkd-from-lstm-" in run_name(cfg, "abc")
     config_mod.validate(compose_tiny(*TINY_LM, "distill=seqkd", "distill.seqkd.mix=interpolate",
                                      "distill.seqkd.prompt=tokens", "distill.alpha=0.5", "distill.mode=self"))
     # the classification setup: one clear ConfigError, before any (teacher) training
@@ -451,15 +454,15 @@ def test_seqkd_config_validates_in_the_lm_setup_only(compose_tiny, tmp_path):
     assert grid.task.setup == "lm" and grid.distill.objective == "seqkd"
 
 
-def test_lm_module_trains_the_sequence_level_student_without_a_teacher(compose_tiny):
+def test_sequence_level_module_trains_the_student_without_a_teacher(compose_tiny):
     cfg = compose_tiny(*TINY_LM, "distill=seqkd", "distill.alpha=0.25")
-    data = biaskd.train.build_data(cfg)
+    data = build_data(cfg)
     teacher, student = lm(5, data.vocab_size), lm(6, data.vocab_size)
-    with pytest.raises(ValueError, match="fit="):
-        lm_module(cfg, student, teacher, data)
+    with pytest.raises(ValueError, match="not a sequence-level KD split"):
+        sequence_level_module(cfg, student, data, data.train)
     fit = sequence_level_split(OmegaConf.to_container(cfg.distill, resolve=True), data.train, teacher)
     assert len(fit) == 2 * len(data.train)
-    module = lm_module(cfg, student, teacher, data, fit=fit)
+    module = sequence_level_module(cfg, student, data, fit)
     assert module.teacher_outputs is None and module.alpha == 0.25
     assert not any(k.startswith("teacher") for k in module.state_dict())
     batch = {"x": fit.x[:4], "y": fit.y[:4], "idx": torch.arange(4)}  # teacher rows only: weight 2 * .25
@@ -469,10 +472,10 @@ def test_lm_module_trains_the_sequence_level_student_without_a_teacher(compose_t
     # a split built for another alpha is refused
     pure = sequence_level_split({**OmegaConf.to_container(cfg.distill, resolve=True), "alpha": 1.0}, data.train, teacher)
     with pytest.raises(ValueError, match="alpha"):
-        lm_module(cfg, student, teacher, data, fit=pure)
+        sequence_level_module(cfg, student, data, pure)
     # alpha = 1: plain next-token CE on the teacher's sentences
     cfg1 = compose_tiny(*TINY_LM, "distill=seqkd")
-    plain = lm_module(cfg1, student, teacher, data, fit=pure)
+    plain = sequence_level_module(cfg1, student, data, pure)
     assert plain._sources is None and plain.loss_step(batch, 0).item() == pytest.approx(ce.item(), rel=1e-5)
 
 
@@ -487,7 +490,7 @@ def test_seqkd_lm_run_end_to_end(compose_tiny):
     assert meta["objective_options"] == {"beam_width": 2, "prompt": "verb", "prompt_tokens": 2, "verb": "candidates",
                                          "mix": "teacher"}
     assert "-cross-seqkd-from-lstm-" in run.path.name
-    data = biaskd.train.build_data(cfg)
+    data = build_data(cfg)
     for name, m in run.metrics["splits"].items():
         assert 1 < m["perplexity"] < data.vocab_size, name
     cached = sorted((run.teacher_dir / "teacher_cache").glob("seqkd-*.npz"))

@@ -17,7 +17,8 @@ from biaskd.data.ood import random_pose
 from biaskd.data.sva import POOL_ID_STRIDE, SVAData, read_numpred
 from biaskd.errors import ConfigError
 from biaskd.losses import UNLABELLED
-from biaskd.train import build_data, train
+from biaskd.data.build import build_data
+from biaskd.train import train
 
 LINZEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "linzen"
 

@@ -14,7 +14,8 @@ from biaskd import artifacts, config as config_mod
 from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError, ConfigError
 from biaskd.rerun import rerun
-from biaskd.train import load_model, train
+from biaskd.rebuild import load_model
+from biaskd.train import train
 
 ENV = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
 QUIET = ["trainer.enable_progress_bar=false", "threads=1"]

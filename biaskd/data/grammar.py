@@ -1,40 +1,6 @@
-"""A synthetic English agreement grammar: the offline default for subject–verb agreement.
-
-Natural data mixes many confounds; a grammar lets us set exactly how many nouns stand between
-the subject and its verb, how many of them have the other number (attractors), and how deep
-the structure is, and then test whether a model generalises *beyond the depths it was trained
-on* — the kind of generalisation an inductive bias for hierarchy should help with.
-
-Sentence shape (one phrase per intervening noun, each attached to the noun before it)::
-
-    [intro ,]  Det [Adj] N_subj  phrase_1 … phrase_d  [ORC verbs, innermost first]  V_main  continuation
-
-    PP   = P Det [Adj] N                      "to the cabinets"
-    SRC  = that V(head) Det [Adj] N           "that sees the doors"   (subject relative)
-    ORC  = that Det [Adj] N … V(N)            "that the men … see"     (object relative;
-                                                                       its verb closes after
-                                                                       the phrases nested in it)
-
-e.g. ``the key to the cabinets that the man near the doors sees is old``.
-
-Metadata (all exact, counted on the generated structure):
-
-- ``depth`` — number of intervening phrases d; every phrase brings exactly one noun, so the
-  number of intervening nouns ``n_intervening == depth``.
-- ``attractors`` — intervening nouns whose number differs from the subject's. As in Linzen et
-  al. (2016), *every* noun linearly between the subject and the main verb counts, including
-  nouns inside relative clauses; nouns of the intro phrase (before the subject) and of the
-  continuation (after the verb) never count.
-- ``homogeneous`` — every intervening noun is an attractor (``attractors == n_intervening``;
-  true for d = 0, as ``n_intervening == n_diff_intervening`` is in Linzen's TSV).
-- ``distance`` — ``verb_index − subject_index`` (token indices in the sentence).
-- ``correct_verb`` / ``wrong_verb`` — the main verb in the subject's number / the other number.
-
-Relative-clause verbs between subject and main verb are *not* attractors by this definition
-(they agree with their own subjects) but they are a second kind of distractor.
-
-Everything is driven by ``random.Random`` seeded per split name, so a configuration always
-yields the same sentences on every machine, and enlarging one split does not change another.
+"""A synthetic English agreement grammar, the offline default for subject–verb agreement: exact
+control of attractors, distance and depth, and eval splits deeper than training. Sentence
+shapes and metadata: ``docs/agreement-data.md`` ("The synthetic grammar").
 """
 from __future__ import annotations
 

@@ -1,55 +1,6 @@
-"""Subject–verb agreement data: Linzen et al. (2016) readers, the vocabulary, the DataModule.
-
-Task (DESIGN.md): given a sentence prefix up to, excluding, the verb, predict the verb's number
-— label 0 = singular (VBZ), 1 = plural (VBP). In the LM setup a next-token language model is
-right when it prefers the correct verb form (or number token) over the wrong one.
-
-Sources of :class:`SVAData`
----------------------------
-``grammar`` (default, offline)
-    The synthetic grammar of :mod:`biaskd.data.grammar`: splits ``train``/``valid``, eval splits
-    ``test`` (in-distribution), ``test_deep`` (deeper than any training sentence) and
-    ``attractors_1..4`` (exactly k attractors, homogeneous). Exact metadata everywhere.
-``linzen`` — the ``numpred`` files in ``data_dir``
-    ``numpred.val`` (15.7k dependencies) is the only labelled pool that is not a
-    k-attractor test set, so it is partitioned three ways with a seeded permutation:
-    ``test`` (``test_fraction``, default 10 %), ``valid`` (``valid_fraction``, 10 %, for early
-    stopping/monitoring) and ``train`` (the remaining 80 %). Duplicated prefixes (numpred.val
-    repeats about 12 % of its lines) are kept together, so no exact input occurs in both
-    ``train`` and ``valid``/``test``. Eval splits: ``test`` (the held-out part) and
-    ``attractors_k`` = ``numpred.test.k`` for k = 1..4, untouched for comparability with the
-    literature (a few hundred of their short prefixes also occur in numpred.val; the
-    per-example meta ``seen_in_train`` flags them). numpred.val carries no attractor or
-    distance annotation, so those meta fields are −1 there; numpred.test.k has exactly k
-    attractors and homogeneous intervention (its README), distance unknown (−1).
-    Note: Linzen's own training set (numpred.train, ~140k) is not available here, so this
-    protocol trains on ~12.6k dependencies.
-    ``transfer_pool={files: [1, 2], fraction: f}`` reserves a seeded fraction f of the listed
-    ``numpred.test.k`` files (whole prefixes, seed ``split_seed + 1000 + k``) as unlabelled
-    transfer inputs (:mod:`biaskd.data.transfer`, source ``heldout``) and evaluates
-    ``attractors_k`` on the rest; eval ids stay 0-based line numbers of the file.
-``linzen_tsv`` — ``agr_50_mostcommon_10K.tsv[.gz]`` in ``data_dir`` (or ``tsv_path``)
-    Linzen's 9 % / 1 % / 90 % train/valid/test partition (``tsv_fractions``), seeded, grouped
-    by prefix as above; eval splits ``test`` (at most ``max_eval`` examples, seeded subsample)
-    and ``attractors_k`` = test dependencies with exactly k attractors and homogeneous
-    intervention (all of them). Full attractor/distance meta everywhere.
-
-The partition and the grammar depend on ``split_seed`` only, not on the run's ``seed`` (which
-orders batches): teacher and students trained with different seeds must see the same training
-data and be evaluated on the same examples.
-
-Inputs and meta
----------------
-``setup="classification"``: x = prefix tokens. ``setup="lm"``: x = prefix followed by the
-number token ``<VBZ>``/``<VBP>`` for Linzen data (its verbs are not all inflectable), or the
-full sentence for grammar data; meta ``verb_pos`` is the index of the verb / number token in x
-(the LM predicts it from position ``verb_pos − 1``), ``correct_id``/``wrong_id`` the ids of the
-two candidates. y is the number label in both setups.
-
-Every split's meta has ``attractors``, ``n_intervening``, ``distance``, ``homogeneous`` (1/0,
-−1 unknown), ``depth`` (grammar only, else −1), ``length`` (tokens in x) and ``seen_in_train``
-(1 if the exact input also occurs in train). Tokens outside the training vocabulary map to
-``<unk>``; ``min_count`` defaults to 2 so that ``<unk>`` is trained on the training singletons.
+"""Subject–verb agreement data (Linzen et al. 2016): the ``numpred`` and TSV readers, the synthetic
+grammar as default source, the vocabulary and the data module, in the classification and the LM
+setup. Sources, splits, inputs and per-example metadata: ``docs/agreement-data.md``.
 """
 from __future__ import annotations
 

@@ -1,41 +1,6 @@
-"""Transfer sets: the inputs a student is distilled on.
-
-Knowledge distillation only transfers what its transfer set shows the student. Trained on
-Linzen's ``numpred.val`` prefixes — mostly attractor-free — a student never sees how its LSTM
-teacher treats attractors, however faithfully it matches the teacher there. The ``transfer``
-config group makes the transfer set an axis of the benchmark:
-
-``source``
-    ``train`` (default): the labelled training set only — the paper's setting.
-    ``heldout`` (``sva`` on Linzen data): a seeded portion of the ``numpred.test.k`` files that
-    the task reserves with ``task.transfer_pool: {files: [1, 2], fraction: 0.5}`` (use
-    ``task=sva_linzen_transfer``). The reserved lines are removed from the ``attractors_k``
-    eval splits for *every* run of that task (teachers and controls too), so all runs are
-    scored on the same examples; each run records which lines it drew in ``transfer.npz``.
-    ``grammar`` (``sva`` on the synthetic grammar): new grammar sentences of depth
-    ``min_depth..max_depth`` with ``attractor_prob`` (defaults: the training distribution).
-    ``augment`` (image tasks): training images under a random pose — a zoom drawn uniformly
-    from ``scales``, then an integer shift uniform in ``[-max_shift, max_shift]`` per axis
-    (:func:`biaskd.data.ood.random_pose`). Eval images are never used.
-``size``
-    How many transfer inputs (``null``: the whole held-out pool; generated sources need a
-    number). ``0`` is the same run as ``source=train``.
-``mix_with_train``
-    Train on the labelled training set plus the transfer inputs (``true``), or on the
-    transfer inputs alone (``false``).
-``labels``
-    What the transfer inputs are labelled with: ``teacher`` — nothing but the teacher's outputs
-    (their label is ``UNLABELLED``, so a CE term skips them); ``gold`` — their gold label (the
-    control: an independent student on the same inputs); ``auto`` (default) — ``gold`` for a
-    run without a teacher, ``teacher`` for a distilled one.
-``seed``
-    Which inputs are drawn. It is not the run's seed, so that students of different seeds
-    (and the controls) see the same transfer set.
-
-Whatever the source, a candidate whose input equals (by content hash) an input of any eval
-split or of ``valid`` is dropped before ``size`` inputs are taken, so no evaluation example
-leaks into training. The teacher's outputs on the resulting training set are cached in its
-run dir like the training-set outputs.
+"""Transfer sets: the inputs a student is distilled on beyond the labelled training set (``transfer``
+config group: source, size, mixing, labels, seed), drawn so that no eval input leaks into
+training. Every option: ``docs/transfer-sets.md``.
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from biaskd import artifacts
+from biaskd import artifacts, schema
 from biaskd.data.base import Split
 from biaskd.errors import ArtifactError, TrainingError
 
@@ -41,12 +40,11 @@ class TrainingPathRecorder(L.Callback):
 
     def record(self, model: torch.nn.Module, step: int) -> None:
         model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper saves the plain keys
-        feat_path = self.run / "features" / f"step_{step:09d}.npz"
-        if feat_path.exists():
+        if (self.run / schema.features_file(step)).exists():
             return
         feats = batched_features(model, self.probe.x)
-        artifacts.save_state_dict(self.run / "checkpoints" / f"step_{step:09d}.pt", model.state_dict())
-        artifacts.save_npz(feat_path, features=feats, ids=self.probe.ids, step=step)
+        self.run.write_weights(step, model.state_dict())
+        self.run.write_features(step, feats, self.probe.ids, step)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.global_step in self._step_set:

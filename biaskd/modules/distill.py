@@ -42,7 +42,8 @@ def alpha_at(schedule: str, alpha: float, progress: float, final_alpha: float = 
 class TeacherMixin:
     """A teacher held by a student's module: ``online`` → a submodule, trained and saved with
     the student; otherwise frozen, hidden from the state dict, and moved to the batch's device
-    on first use (Lightning does not move it). Plus α, T and the α schedule."""
+    on first use (Lightning does not move it). Plus α and its schedule (T belongs to the
+    objective)."""
 
     def init_teacher(self, teacher: nn.Module | None, teacher_outputs: str | None) -> None:
         if teacher_outputs == "online":
@@ -52,11 +53,8 @@ class TeacherMixin:
             if teacher is not None:
                 teacher.eval().requires_grad_(False)
 
-    def init_schedule(self, alpha: float, temperature: float, t_squared: bool, alpha_schedule: str,
-                      final_alpha: float) -> None:
+    def init_schedule(self, alpha: float, alpha_schedule: str, final_alpha: float) -> None:
         self.alpha = alpha
-        self.temperature = temperature
-        self.t_squared = t_squared
         self.alpha_schedule = alpha_schedule
         self.final_alpha = final_alpha
 
@@ -74,7 +72,8 @@ class TeacherMixin:
 
 
 class DistillModule(TeacherMixin, ClassifierModule):
-    """A student trained with ``objective`` (default: soft targets at ``temperature``).
+    """A student trained with ``objective`` (default: soft targets at ``temperature``, with
+    ``t_squared``; these two only build that default).
 
     ``teacher_logits`` / ``teacher_features``: the cached tables (rows = training-set example
     index) for ``teacher_outputs="cached"``; features only when the objective reads them.
@@ -111,7 +110,7 @@ class DistillModule(TeacherMixin, ClassifierModule):
         self._teacher_log_p_of: tuple = (None, None)  # (the logits table, T) it was made from
         self._teacher_features = teacher_features if self.objective.needs_features else None
         self.init_teacher(teacher, teacher_outputs)
-        self.init_schedule(alpha, temperature, t_squared, alpha_schedule, final_alpha)
+        self.init_schedule(alpha, alpha_schedule, final_alpha)
 
     # -- the teacher's side ------------------------------------------------------------------------
     def teacher_logits_for(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

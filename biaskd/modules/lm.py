@@ -1,35 +1,6 @@
-"""The language-model setup of the agreement scenario (``task.setup=lm``).
-
-Training
-    Independent: next-token cross-entropy over every non-pad target position (input
-    ``x[:, :-1]``, target ``x[:, 1:]``). Distillation is word-level KD (Kim & Rush 2016):
-    ``kd_loss`` between the student's and the teacher's next-token distributions at every
-    target position, with the same mask, so α, T, T² and the α schedule mean what they mean
-    for classification. The teacher's outputs come from a frozen teacher forward on each batch
-    (``forward``) or from a teacher trained alongside (``online``). ``cached`` is not offered:
-    full-vocabulary logits for every training token (n × L × V floats, gigabytes on Linzen's
-    vocabulary) do not fit the "compute once, look up by index" cache, and a top-k cache would
-    change the objective. A ``cached`` request therefore runs as ``forward`` (logged), which
-    gives the same loss; the teacher forward is one extra inference pass per step.
-    Sequence-level KD (``distill=seqkd``, :mod:`biaskd.modules.seqkd`) trains with plain
-    next-token cross-entropy on a split of teacher-generated sentences built once before
-    training; when it also holds the gold sentences (α < 1), the rows are weighted by α and
-    1 − α (``sources``).
-
-Evaluation
-    The LM is right on an agreement example when it gives the correct verb form (or number
-    token) a higher probability than the wrong one at the verb position. :func:`lm_scores`
-    returns, per example, the two candidates' log-probabilities at position ``verb_pos − 1``
-    ordered ``[singular (VBZ), plural (VBP)]`` — the class order of the labels — so the
-    classification metrics (μ-/A-/D-accuracy, ECE on the pair renormalised by softmax) apply
-    unchanged, plus the split's perplexity (exp of the mean next-token NLL over non-pad
-    targets).
-
-Features
-    For comparability with classification runs, an LM run's features are the hidden state at
-    the position before the verb: :func:`verb_prefix` cuts every probe input after position
-    ``verb_pos − 1``, so ``model.features`` (the state at the last non-pad token) reads
-    exactly that state. For a causal model this equals the state in the full sequence.
+"""The language-model setup of the agreement scenario (``task.setup=lm``): next-token training
+alone or with word-level KD, agreement scored at the verb position (the two verb forms'
+log-probabilities, ordered like the labels), features before the verb. Details: ``docs/lm-setup.md``.
 """
 from __future__ import annotations
 
@@ -43,10 +14,11 @@ from torch import nn
 
 from biaskd.data.base import PAD_ID, Split
 from biaskd.errors import ConfigError
-from biaskd.losses import cross_entropy, kd_loss
+from biaskd.losses import cross_entropy
 from biaskd.modules.classifier import ClassifierModule
 from biaskd.modules.distill import TeacherMixin
-from biaskd.modules.seqkd import is_sequence_level, shares_of, uses_gold
+from biaskd.objectives import Objective, Outputs, build_objective
+from biaskd.objectives.kd import SoftTargets
 
 log = logging.getLogger("biaskd")
 
@@ -172,7 +144,8 @@ class LMModule(TeacherMixin, ClassifierModule):
 
     ``teacher_outputs``: ``forward`` (frozen teacher, hidden from the state dict, run on each
     batch) or ``online`` (the teacher learns the LM objective alongside and the student learns
-    from its detached outputs). ``valid_verbs`` (the valid split's :class:`VerbTargets`) adds
+    from its detached outputs). ``objective`` is the distillation objective at every non-pad
+    position (default: soft targets at ``temperature`` with ``t_squared``, which only build it). ``valid_verbs`` (the valid split's :class:`VerbTargets`) adds
     ``valid/acc``, the agreement accuracy, to the validation log.
 
     ``sources`` and ``shares`` (no teacher; sequence-level KD on a split of teacher and gold
@@ -194,6 +167,7 @@ class LMModule(TeacherMixin, ClassifierModule):
         valid_verbs: VerbTargets | None = None,
         sources: torch.Tensor | None = None,
         shares: torch.Tensor | None = None,
+        objective: Objective | None = None,
         **optim,
     ) -> None:
         super().__init__(model, **optim)
@@ -203,7 +177,8 @@ class LMModule(TeacherMixin, ClassifierModule):
             raise ValueError("sources (sequence-level KD) and a teacher (word-level KD) exclude each other")
         self.teacher_outputs = teacher_outputs if teacher is not None else None
         self.init_teacher(teacher, self.teacher_outputs)
-        self.init_schedule(alpha, temperature, t_squared, alpha_schedule, final_alpha)
+        self.init_schedule(alpha, alpha_schedule, final_alpha)
+        self.objective = objective if objective is not None else SoftTargets(temperature, t_squared)
         self.valid_verbs = valid_verbs
         # lookup tables by training-row index, like cached teacher logits: not module state
         self._sources = torch.as_tensor(sources, dtype=torch.long) if sources is not None else None
@@ -216,8 +191,7 @@ class LMModule(TeacherMixin, ClassifierModule):
 
     def distill_loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
-        return kd_loss(logits, teacher_logits, targets, temperature=self.temperature, alpha=self.current_alpha(),
-                       t_squared=self.t_squared, mask=mask)
+        return self.objective(Outputs(logits), Outputs(teacher_logits), targets, self.current_alpha(), mask=mask)
 
     def frozen_teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         teacher = self._frozen(inputs)
@@ -295,33 +269,12 @@ def check_lm_config(cfg) -> None:
                           "trained teacher generates before the student starts; use distill.mode=cross or self")
 
 
-def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, fit: Split | None = None,
-              **optim) -> LMModule:
-    """The :class:`LMModule` a run config asks for (``distill.mode`` none/self/cross/online).
-
-    Sequence-level KD (``distill.objective=seqkd``) needs ``fit``, the training split
-    :func:`biaskd.modules.seqkd.sequence_level_split` built (the student trains on it instead of
-    ``data.train``); the student is then trained without a teacher, on next-token CE."""
-    check_lm_config(cfg)
+def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, **optim) -> LMModule:
+    """The :class:`LMModule` of an independent (``teacher=None``) or word-level-KD run
+    (``distill.mode`` self/cross/online). Sequence-level KD: :func:`biaskd.modules.seqkd.sequence_level_module`."""
     valid_verbs = VerbTargets.of(data.valid)
-    if cfg.distill.mode == "none":
+    if teacher is None:
         return LMModule(model, valid_verbs=valid_verbs, **optim)
-    if is_sequence_level(cfg.distill):
-        if fit is None:
-            raise ValueError("sequence-level KD trains on the split sequence_level_split() builds; "
-                             "pass it as lm_module(..., fit=...) and train on it")
-        shares = shares_of(fit, cfg.distill)  # checks that fit was built for this alpha
-        mixed = uses_gold(cfg.distill)  # else: plain next-token CE on the teacher's sentences
-        return LMModule(
-            model,
-            alpha=float(cfg.distill.alpha),
-            alpha_schedule=cfg.distill.alpha_schedule,
-            final_alpha=float(cfg.distill.final_alpha),
-            valid_verbs=valid_verbs,
-            sources=torch.as_tensor(np.asarray(fit.meta["source"]), dtype=torch.long) if mixed else None,
-            shares=shares if mixed else None,
-            **optim,
-        )
     teacher_outputs = cfg.distill.teacher_outputs
     if teacher_outputs == "cached":
         log.info("LM setup: per-token teacher logits are not cached (n x L x vocab); "
@@ -331,9 +284,8 @@ def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, fit: Split
         model,
         teacher=teacher,
         teacher_outputs=teacher_outputs,
+        objective=build_objective(cfg.distill, model, teacher),
         alpha=float(cfg.distill.alpha),
-        temperature=float(cfg.distill.temperature),
-        t_squared=bool(cfg.distill.t_squared),
         alpha_schedule=cfg.distill.alpha_schedule,
         final_alpha=float(cfg.distill.final_alpha),
         valid_verbs=valid_verbs,

@@ -1,84 +1,7 @@
-"""Sequence-level knowledge distillation for the LM setup (Kim & Rush 2016, "Sequence-level
-knowledge distillation", EMNLP; ``distill=seqkd``).
-
-Word-level KD (:mod:`biaskd.modules.lm`) matches the teacher's next-token distribution at every
-position of the gold sentences. Sequence-level KD instead trains the student, with plain
-next-token cross-entropy, on sentences the *teacher generates*, so the student learns the
-teacher's mode rather than its per-token distributions. The training split is built once, before
-the student trains, by :func:`sequence_level_split`:
-
-Prompt (``distill.seqkd.prompt``)
-    The training sentences are the "sources" the teacher completes. ``verb`` (default) keeps
-    the tokens before the verb, ``x[:verb_pos]``: the teacher chooses the verb (grammar) or the
-    number token ``<VBZ>``/``<VBP>`` (Linzen) and, on grammar sentences, writes what follows it.
-    The subject, the attractors and the rest of the agreement context stay gold, so the
-    sentence's metadata (attractors, distance, …) still describes it. ``tokens`` keeps the
-    first ``prompt_tokens`` tokens (at most length − 1): the teacher writes the subject and what
-    stands between it and the verb too; the metadata then describes the gold sentence the
-    prompt came from (see the number below).
-
-The verb (``distill.seqkd.verb``)
-    ``candidates`` (default): at ``verb_pos`` the teacher may write only the sentence's two
-    verb forms (``correct_id``/``wrong_id``: the verb in either number, or ``<VBZ>``/``<VBP>``),
-    so every generated sentence carries the teacher's agreement decision — what this benchmark
-    asks the student to inherit — instead of, say, a prefix the teacher continues with another
-    noun (a Linzen LM cannot know where a ``numpred`` prefix ends). Beam search then finds the
-    most probable sentences *with* a verb there (scores stay the model's log-probabilities, not
-    renormalised). With ``prompt=tokens`` this also keeps the verb at its gold position.
-    ``free``: any token, the unconstrained Seq-KD of Kim & Rush.
-
-Decoding
-    Every sentence is completed to its original length (the data has no end-of-sentence token;
-    the length is part of the source). :func:`beam_search` keeps the ``beam_width`` best partial
-    sequences by summed log-probability (no length normalisation is needed: all candidates of a
-    sentence have the same length); width 1 is :func:`greedy_decode`. ``<pad>`` is never
-    generated (it is never an LM target). Models only need ``lm_logits(x)`` on right-padded ids;
-    each step reruns the prefix (sentences are short), rows in chunks of at most
-    :data:`biaskd.modules.lm.SCORE_LOGITS` logits.
-
-Which sequence (``distill.seqkd.mix``)
-    ``teacher`` (Seq-KD, Kim & Rush §3.2): the best beam candidate ŷ, the mode approximation of
-    the teacher's sequence distribution. ``interpolate`` (Seq-Inter, §3.3): the candidate
-    closest to the gold sentence y, ``ỹ = argmax_{t ∈ beam} sim(t, y)``, ties to the teacher's
-    higher-scoring candidate; ``sim`` is smoothed sentence-level BLEU-4 (their choice; add-one
-    smoothing of the 2..4-gram precisions, Lin & Och 2004 — Chen & Cherry's method 2) on the
-    generated part (the prompt is shared).
-
-α (``distill.alpha``, with ``alpha_schedule``)
-    Kim & Rush's interpolation of data and teacher, ``(1 − α)·NLL(y) + α·NLL(ŷ)`` per training
-    sentence (their eq. before the single-sequence approximation), with ŷ the sequence ``mix``
-    selects. α = 1 (default) is pure sequence-level KD and the split holds the teacher's
-    sequences only (n rows, plain next-token CE). If α can fall below 1 (α < 1, or a schedule
-    toward ``final_alpha`` < 1) the split holds both: the n teacher rows (meta ``source`` = 1),
-    then a gold row (``source`` = 0) for every sentence with a gold label, so an epoch has up to
-    2n rows, and :func:`biaskd.modules.lm.mixture_nll` weighs teacher rows by α and gold rows by
-    1 − α, normalised so that each sentence's pair counts once: per token, α·mean NLL(teacher) +
-    (1 − α)·mean NLL(gold); at α = ½ the plain token mean over the union. An input without gold
-    label (``y`` = −1, a transfer-set input only the teacher labels) has its teacher row only,
-    weighted α, as word-level KD's CE term skips it.
-
-The number and the LM meta of a generated sentence
-    ``verb_pos`` is kept. If the teacher wrote the token at ``verb_pos`` and it is a verb form
-    of known number — a ``correct_id``/``wrong_id`` of the training split, whose number the
-    labels give (``<VBZ>``/``<VBP>`` on Linzen data) — y becomes that number, ``correct_id``
-    the generated form and ``wrong_id`` its counterpart, and meta ``teacher_number`` records it;
-    otherwise (another token, or the verb inside the prompt) y, ``correct_id`` and ``wrong_id``
-    stay gold and ``teacher_number`` is −1. With ``prompt=verb`` this is exact; with
-    ``prompt=tokens`` the teacher may write a sentence of another shape, whose verb need not be
-    at the gold ``verb_pos``. Meta ``gold_label`` keeps the gold y (−1: none). Training reads x,
-    and for the α mix ``source`` and ``gold_label``; the rest of the meta is for inspection.
-    Unlike word-level KD, a student equal to its teacher has no zero loss here: its NLL on the
-    generated tokens is minus the teacher's beam score of the sentence.
-
-Cache
-    Generation runs once per (training split, generation options, teacher): the beam
-    candidates and scores go to ``cache_dir`` (the teacher run's ``teacher_cache/``) as
-    ``seqkd-<split>-<hash>.npz``, the hash over the split's fingerprint and the options that
-    change generation (``beam_width``, ``prompt``, ``prompt_tokens``, ``verb``; not ``mix`` or α, which only
-    select from the candidates, so Seq-KD and Seq-Inter students share one file). The file also
-    stores the example ids and a digest of the teacher's weights; a file that does not match, or
-    cannot be read, is recomputed with a warning. Written atomically under a file lock, so
-    parallel students generate once.
+"""Sequence-level knowledge distillation for the LM setup (Kim & Rush 2016; ``distill=seqkd``):
+the student trains with next-token cross-entropy on sentences its teacher generates (beam
+search from a prompt of each training sentence), built once and cached in the teacher's run dir.
+Prompt, verb, decoding, Seq-KD vs Seq-Inter, the α mix and the cache: ``docs/sequence-level-kd.md``.
 """
 from __future__ import annotations
 
@@ -99,6 +22,7 @@ from torch import nn
 from biaskd import artifacts
 from biaskd.data.base import PAD_ID, Split, concat_splits
 from biaskd.errors import ArtifactError, ConfigError
+from biaskd.modules.lm import SCORE_LOGITS, LMModule, VerbTargets
 from biaskd.objectives import objective_class
 from biaskd.objectives.seqkd import SequenceLevelKD
 
@@ -127,8 +51,6 @@ def _next_logprobs(model: nn.Module, x: torch.Tensor, pos: torch.Tensor) -> torc
     ``<pad>`` excluded. Identical rows run once (a beam starts as ``width`` copies of its
     prompt; corpora repeat prefixes); the forward runs in row chunks of at most
     ``SCORE_LOGITS`` logits."""
-    from biaskd.modules.lm import SCORE_LOGITS
-
     width = int(pos.max()) + 1
     unique, inverse = torch.unique(torch.cat([x[:, :width], pos[:, None]], 1), dim=0, return_inverse=True)
     rows, at = unique[:, :width], unique[:, width]
@@ -511,3 +433,21 @@ def shares_of(fit: Split, distill: Mapping[str, Any]) -> torch.Tensor:
         raise ValueError("the sequence-level KD split does not match distill.alpha (it holds the gold sentences "
                          "exactly when alpha can fall below 1); build it from the same distill config")
     return torch.as_tensor(np.where(paired, 0.5, 1.0), dtype=torch.float32)
+
+
+def sequence_level_module(cfg, model: nn.Module, data, fit: Split, **optim) -> LMModule:
+    """The sequence-level KD student's :class:`LMModule`: no teacher (its sentences are ``fit``,
+    built by :func:`sequence_level_split`), next-token CE on them, and when gold sentences are
+    trained on too the α mix of :func:`biaskd.modules.lm.mixture_nll`."""
+    shares = shares_of(fit, cfg.distill)  # checks that fit was built for this alpha
+    mixed = uses_gold(cfg.distill)  # else: plain next-token CE on the teacher's sentences
+    return LMModule(
+        model,
+        alpha=float(cfg.distill.alpha),
+        alpha_schedule=cfg.distill.alpha_schedule,
+        final_alpha=float(cfg.distill.final_alpha),
+        valid_verbs=VerbTargets.of(data.valid),
+        sources=torch.as_tensor(np.asarray(fit.meta["source"]), dtype=torch.long) if mixed else None,
+        shares=shares if mixed else None,
+        **optim,
+    )

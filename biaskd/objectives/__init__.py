@@ -77,15 +77,17 @@ from biaskd.objectives.logits_mse import LogitsMSE
 from biaskd.objectives.relation import Relation
 from biaskd.objectives.seqkd import SequenceLevelKD, not_lm_message
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation, SequenceLevelKD)
-}
+#: objectives that are a loss term on the batch's outputs (built by :func:`build_objective`)
+OUTPUT_OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation)}
+#: every value of ``distill.objective``: the output objectives and sequence-level KD, which makes
+#: the student's training data instead (:mod:`biaskd.modules.seqkd`)
+OBJECTIVES: dict[str, type] = {**OUTPUT_OBJECTIVES, SequenceLevelKD.name: SequenceLevelKD}
 
-__all__ = ["OBJECTIVES", "Objective", "Outputs", "build_objective", "check_config", "features_and_logits",
-           "mix", "objective_class", "objective_options"]
+__all__ = ["OBJECTIVES", "OUTPUT_OBJECTIVES", "Objective", "Outputs", "build_objective", "check_config",
+           "features_and_logits", "mix", "objective_class", "objective_options"]
 
 
-def objective_class(distill: Mapping[str, Any]) -> type[Objective]:
+def objective_class(distill: Mapping[str, Any]) -> type:
     """The class of the objective a ``distill`` config names (``kd`` when it names none)."""
     name = distill.get("objective") or "kd"
     if isinstance(name, str) and name in OBJECTIVES:
@@ -147,6 +149,9 @@ def build_objective(distill: Mapping[str, Any], student: nn.Module, teacher: nn.
     """The objective ``distill`` (the ``distill`` config node) asks for, sized for ``student``
     and ``teacher`` (their ``feature_dim``)."""
     cls = objective_class(distill)
+    if not issubclass(cls, Objective):
+        raise ConfigError(f"distill.objective={cls.name} is not a loss on the model's outputs; "
+                          f"it trains through biaskd.modules.seqkd")
     if cls.needs_features:
         for role, model in (("student", student), ("teacher", teacher)):
             if model is not None and not hasattr(model, "features_and_logits"):

@@ -41,6 +41,18 @@ def mix(alpha: float, term: Callable[[], torch.Tensor], logits: torch.Tensor,
     return loss
 
 
+def check_options(name: str, known: Mapping[str, tuple | None], options: Mapping[str, Any], prefix: str) -> None:
+    """Raise ConfigError naming ``prefix.key`` for an option ``name`` does not have, or a value
+    outside ``known[key]`` (None: any value)."""
+    for key, value in options.items():
+        if key not in known:
+            listed = ", ".join(known) or "none"
+            raise ConfigError(f"config key '{prefix}.{key}': objective {name!r} has no option {key!r} (options: {listed})")
+        allowed = known[key]
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"config key '{prefix}.{key}' must be one of {', '.join(allowed)}; got {value!r}")
+
+
 class Objective(nn.Module):
     """A distillation objective: ``loss = α·term(student, teacher) + (1−α)·CE``.
 
@@ -62,19 +74,17 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def forward(self, student: Outputs, teacher: Outputs, labels: torch.Tensor | None,
-                alpha: float) -> torch.Tensor:
+                alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss; ``mask`` (sequence outputs: the positions that count) only where the
+        objective defines one."""
+        if mask is not None:
+            raise ConfigError(f"objective {self.name!r} has no per-position form (sequence outputs)")
         return mix(alpha, lambda: self.term(student, teacher), student.logits, labels)
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any], prefix: str) -> None:
         """Raise ConfigError naming ``prefix.key`` for an unknown option or value."""
-        for key, value in options.items():
-            if key not in cls.options:
-                known = ", ".join(cls.options) or "none"
-                raise ConfigError(f"config key '{prefix}.{key}': objective {cls.name!r} has no option {key!r} (options: {known})")
-            allowed = cls.options[key]
-            if allowed is not None and value not in allowed:
-                raise ConfigError(f"config key '{prefix}.{key}' must be one of {', '.join(allowed)}; got {value!r}")
+        check_options(cls.name, cls.options, options, prefix)
 
     @classmethod
     def from_config(cls, distill: Mapping[str, Any], student_dim: int | None,

@@ -25,10 +25,11 @@ class SoftTargets(Objective):
         return scale * soft_target_kl(student.logits, teacher.logits, self.temperature)
 
     def forward(self, student: Outputs, teacher: Outputs, labels: torch.Tensor | None,
-                alpha: float) -> torch.Tensor:
-        # kd_loss itself, so that the default objective is DESIGN.md's definition to the bit
+                alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # kd_loss itself, so that the default objective is DESIGN.md's definition to the bit;
+        # ``mask``: word-level KD over the non-pad positions of next-token logits (B, L, V)
         return kd_loss(student.logits, teacher.logits, labels, temperature=self.temperature, alpha=alpha,
-                       t_squared=self.t_squared)
+                       t_squared=self.t_squared, mask=mask)
 
     # -- offline KD: the teacher's side is a constant table -------------------------------------
     def teacher_log_probs(self, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,15 @@
-"""``seqkd``: sequence-level KD for the LM setup (Kim & Rush 2016, "Sequence-level knowledge
-distillation"). The student is not matched to the teacher's outputs batch by batch: it is
-trained with plain next-token cross-entropy on sequences the teacher *generates* from the
-training prefixes. Generation, selection and the α mix are in :mod:`biaskd.modules.seqkd`;
-this class only names the objective and validates its options.
+"""``seqkd``: sequence-level KD for the LM setup (Kim & Rush 2016). Not a loss term on the batch's
+outputs but a way to make the student's training data: it trains with plain next-token
+cross-entropy on sentences the teacher *generates* (:mod:`biaskd.modules.seqkd`). This module
+holds only its name and options, so that config validation knows it without the training code.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import Any, ClassVar
 
 from biaskd.errors import ConfigError
-from biaskd.objectives.base import Objective, Outputs
+from biaskd.objectives.base import check_options
 
 PROMPTS = ("verb", "tokens")
 MIXES = ("teacher", "interpolate")
@@ -23,48 +20,40 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-class SequenceLevelKD(Objective):
+class SequenceLevelKD:
     """Options (``distill.seqkd.*``):
 
     - ``beam_width`` (int ≥ 1, default 5, Kim & Rush's beam): 1 = greedy decoding;
     - ``prompt``: ``verb`` (default) keeps every token before the verb (``verb_pos``), so the
       teacher chooses the verb / number token and writes the rest of the sentence; ``tokens``
-      keeps the first ``prompt_tokens`` tokens (at most length − 1), so the teacher also writes
-      the subject and what stands between it and the verb;
+      keeps the first ``prompt_tokens`` tokens (at most length − 1);
     - ``prompt_tokens`` (int ≥ 1, default 2): the prompt length for ``prompt=tokens``;
     - ``verb``: ``candidates`` (default) lets the teacher write only the sentence's two verb forms
-      at its verb position, so each generated sentence carries the teacher's number decision;
-      ``free``: any token there;
+      at its verb position; ``free``: any token there;
     - ``mix``: ``teacher`` (default, Seq-KD) trains on the teacher's best beam sequence;
       ``interpolate`` (Seq-Inter) on the beam candidate closest to the gold sentence (smoothed
       sentence BLEU), which needs ``beam_width`` ≥ 2.
     """
 
-    name = "seqkd"
+    name: ClassVar[str] = "seqkd"
     #: the student's training sequences come from the teacher (the driver builds them once)
-    sequence_level = True
+    sequence_level: ClassVar[bool] = True
     #: generation needs a language model: the LM setup only
-    lm_only = True
-    options = {"beam_width": None, "prompt": PROMPTS, "prompt_tokens": None, "verb": VERBS, "mix": MIXES}
-
-    def __init__(self, beam_width: int = 5, prompt: str = "verb", prompt_tokens: int = 2,
-                 verb: str = "candidates", mix: str = "teacher") -> None:
-        super().__init__()
-        self.check_options({"beam_width": beam_width, "prompt": prompt, "prompt_tokens": prompt_tokens, "verb": verb,
-                            "mix": mix}, f"distill.{self.name}")
-        self.beam_width = beam_width
-        self.prompt = prompt
-        self.prompt_tokens = prompt_tokens
-        self.verb = verb
-        self.mix = mix
+    lm_only: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = False
+    trains_logits: ClassVar[bool] = True
+    options: ClassVar[dict[str, tuple | None]] = {"beam_width": None, "prompt": PROMPTS, "prompt_tokens": None,
+                                                  "verb": VERBS, "mix": MIXES}
+    defaults: ClassVar[dict[str, Any]] = {"beam_width": 5, "prompt": "verb", "prompt_tokens": 2,
+                                          "verb": "candidates", "mix": "teacher"}
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any], prefix: str) -> None:
-        super().check_options(options, prefix)
+        check_options(cls.name, cls.options, options, prefix)
         for key in ("beam_width", "prompt_tokens"):
             if key in options and not _positive_int(options[key]):
                 raise ConfigError(f"config key '{prefix}.{key}' must be an integer >= 1, got {options[key]!r}")
-        width = options.get("beam_width", 5)
+        width = options.get("beam_width", cls.defaults["beam_width"])
         if options.get("mix", "teacher") == "interpolate" and width < 2:
             raise ConfigError(
                 f"config key '{prefix}.beam_width' must be >= 2 for mix=interpolate: it picks the candidate "
@@ -72,13 +61,10 @@ class SequenceLevelKD(Objective):
             )
 
     @classmethod
-    def from_config(cls, distill: Mapping[str, Any], student_dim: int | None,
-                    teacher_dim: int | None) -> "SequenceLevelKD":
-        # only the classification path builds objectives into a loss; the LM setup never does
-        raise ConfigError(not_lm_message())
-
-    def term(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
-        raise ConfigError(not_lm_message())
+    def config_options(cls, distill: Mapping[str, Any]) -> dict[str, Any]:
+        """The generation and selection options, defaults filled in (``meta.json``'s ``objective_options``)."""
+        given = distill.get(cls.name) or {}
+        return {k: given.get(k, default) for k, default in cls.defaults.items()}
 
 
 def not_lm_message(setup: str = "classification") -> str:

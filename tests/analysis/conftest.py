@@ -7,7 +7,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from analysis.testing import make_sweep  # noqa: E402
+from synthetic import make_sweep  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,18 @@ def test_error_consistency_hand_worked_two_by_two():
     assert error_consistency(torch.from_numpy(a), b.astype(int)) == pytest.approx(0.16 / 0.46, abs=1e-12)
 
 
+def test_error_consistency_is_geirhos_kappa_as_scikit_learn_computes_it():
+    # Geirhos et al. 2020, written out: kappa = (c_obs - c_exp) / (1 - c_exp)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(200) < rng.random(), rng.random(200) < rng.random()
+        pa, pb = a.mean(), b.mean()
+        c_exp = pa * pb + (1 - pa) * (1 - pb)
+        if np.isclose(c_exp, 1.0):
+            continue
+        assert error_consistency(a, b) == pytest.approx((np.mean(a == b) - c_exp) / (1 - c_exp), rel=1e-12, abs=1e-15)
+
+
 def test_error_consistency_opposite_errors_is_negative_and_degenerate_is_nan():
     a = np.array([1, 1, 0, 0], dtype=bool)
     assert error_consistency(a, ~a) == pytest.approx(-1.0)

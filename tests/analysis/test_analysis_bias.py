@@ -17,7 +17,7 @@ from analysis.bias import (
 )
 from analysis.runs import load_run
 from analysis.tables import transfer_table
-from analysis.testing import write_run
+from synthetic import write_run
 from biaskd.errors import ArtifactError
 
 LN3, LN9 = math.log(3), math.log(9)

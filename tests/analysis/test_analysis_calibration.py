@@ -26,6 +26,9 @@ def test_ece_equals_torchmetrics(scale):
     assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-6)
     assert expected_calibration_error(logits, labels, from_logits=True) == pytest.approx(
         _tm(logits, labels, C), abs=1e-6)
+    # the reliability diagram bins as torchmetrics does: its weighted gaps add up to the same ECE
+    r = reliability_data(probs, labels)
+    assert float((r["fraction"] * r["gap"].abs()).fillna(0).sum()) == pytest.approx(expected, abs=1e-6)
 
 
 def test_reliability_data_bins_and_ece_hand_case():

@@ -8,7 +8,8 @@ import pytest
 from nbclient import NotebookClient
 
 from analysis.report import build_report, main, markdown_table
-from analysis.testing import make_sweep
+from biaskd.artifacts import write_manifest
+from synthetic import make_sweep
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "analysis" / "notebooks" / "walkthrough.ipynb"
 
@@ -51,6 +52,7 @@ def test_report_with_only_independent_runs_and_an_empty_folder(tmp_path):
     sweep = make_sweep(tmp_path / "runs", seeds=(0, 1), closeness={}, steps=(), n=60, n_probe=20)
     metrics = sweep.teachers[1] / "metrics.json"
     metrics.write_text(metrics.read_text().replace('"ece": 0.', '"ece": 0.5', 1))  # a wrong logged ECE
+    write_manifest(sweep.teachers[1])  # ... written as if trained that way
     build_report([sweep.root], tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
     assert "no distilled students" in text and (tmp_path / "out" / "mds_linear_cka_mnist.png").exists()

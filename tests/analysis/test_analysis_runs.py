@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
+from biaskd.artifacts import write_manifest as reseal  # a file changed on purpose: the run's manifest follows
 from biaskd.errors import ArtifactError
 
 from analysis.agreement import agreement_table
@@ -66,9 +67,11 @@ def test_teacher_run_resolves_absolute_and_relative_paths(copy_run, mnist_sweep)
     meta = json.loads((dst / "meta.json").read_text())
     meta["teacher_run"] = str(mnist_sweep.teachers[1].resolve())
     (dst / "meta.json").write_text(json.dumps(meta))
+    reseal(dst)
     assert load_run(dst).teacher.run_id == "teacher-cnn-s1"
     meta["teacher_run"] = "does-not-exist"
     (dst / "meta.json").write_text(json.dumps(meta))
+    reseal(dst)
     with pytest.raises(ArtifactError, match=f"{meta['run_id']}.*does-not-exist"):
         load_run(dst).teacher
 
@@ -100,6 +103,7 @@ def test_incomplete_and_failed_runs_are_skipped_with_warning_and_refused_directl
 def test_corrupt_run_dir_raises_artifact_error(copy_run, damage, match):
     d = copy_run("teacher")
     damage(d)
+    reseal(d)  # the format's checks, not the manifest's, are under test
     with pytest.raises(ArtifactError, match=match):
         load_run(d)
 
@@ -118,6 +122,7 @@ def test_missing_or_corrupt_arrays_raise_artifact_error_naming_the_run(copy_run)
     with pytest.raises(ArtifactError, match=f"{run.run_id}.*scaled.npz"):
         run.outputs("scaled")
     (d / "outputs" / "test.npz").write_bytes(b"garbage")
+    reseal(d)
     with pytest.raises(ArtifactError, match=f"{run.run_id}.*cannot read"):
         run.outputs("test")
     with pytest.raises(ArtifactError, match="no features at step 7"):
@@ -133,14 +138,17 @@ def test_bad_array_contents_raise(copy_run):
     a = dict(np.load(d / "outputs" / "test.npz"))
     a["logits"][3, 2] = np.nan
     np.savez(d / "outputs" / "test.npz", **a)
+    reseal(d)
     with pytest.raises(ArtifactError, match="non-finite"):
         run.outputs("test")
     a["logits"] = a["logits"][:, :5]
     np.savez(d / "outputs" / "test.npz", **a)
+    reseal(d)
     with pytest.raises(ArtifactError, match="inconsistent shapes"):
         run.outputs("test")
     f = dict(np.load(d / "features" / "final.npz"))
     np.savez(d / "features" / "final.npz", **{**f, "features": f["features"][:-1], "ids": f["ids"][:-1]})
+    reseal(d)
     with pytest.raises(ArtifactError, match="probe n=50"):
         run.features()
 
@@ -149,6 +157,7 @@ def _rewrite_features(d, transform):
     for p in (d / "features").glob("*.npz"):
         a = dict(np.load(p))
         np.savez(p, **transform(a))
+    reseal(d)
 
 
 @pytest.mark.parametrize("change", ["reordered", "different", "fewer"])
@@ -168,6 +177,7 @@ def test_mismatched_probe_sets_raise_naming_both_runs(copy_run, change):
     if change == "fewer":
         meta["probe"]["n"] = 40
         (d / "meta.json").write_text(json.dumps(meta))
+        reseal(d)
     student = load_run(d)
     with pytest.raises(ArtifactError) as e:
         similarity_matrix([teacher, student])
@@ -179,6 +189,7 @@ def test_mismatched_output_ids_raise_naming_both_runs(copy_run):
     a = dict(np.load(d / "outputs" / "test.npz"))
     a["ids"] = a["ids"] + 1
     np.savez(d / "outputs" / "test.npz", **a)
+    reseal(d)
     student = load_run(d)
     with pytest.raises(ArtifactError) as e:
         agreement_table([student], splits=["test"])

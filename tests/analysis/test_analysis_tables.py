@@ -27,6 +27,23 @@ def test_mean_ci_hand_computed():
     assert ci["ci_low"] == pytest.approx(2 - T_975_2 / math.sqrt(3), abs=1e-9)
 
 
+def test_t_intervals_from_scipy_equal_the_textbook_formulas():
+    from scipy import stats
+
+    from analysis.tables import _welch_half_width
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 10):
+        x = rng.normal(size=n)
+        textbook = stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)
+        assert mean_ci(x)["half_width"] == pytest.approx(textbook, rel=1e-12)
+        a, b = pd.Series(rng.normal(size=n)), pd.Series(rng.normal(size=n + 2) * 2)
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch–Satterthwaite
+        assert _welch_half_width(a, b) == pytest.approx(stats.t.ppf(0.975, df) * math.sqrt(va + vb), rel=1e-12)
+    assert mean_ci([2.0, 2.0, 2.0])["half_width"] == 0.0
+
+
 def test_mean_ci_single_value_has_no_interval_and_says_so():
     ci = mean_ci([0.7])
     assert ci["mean"] == 0.7 and math.isnan(ci["half_width"]) and math.isnan(ci["ci_low"])

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from analysis.reference import build_reference, main
-from analysis.testing import make_scenario
+from synthetic import make_scenario
 
 torch.set_num_threads(1)
 
