@@ -1,64 +1,7 @@
-"""Distillation objectives: *which* of the teacher's knowledge the student is asked to match.
-
-Choose one by name with ``distill.objective``; its options live under ``distill.<name>``
-(e.g. ``distill.relation.kind``). Every objective is mixed with the label loss the same way,
-
-    L = α · term + (1 − α) · CE(y, z_s)          (batch mean; α may follow distill.alpha_schedule)
-
-with z the logits (B, C) and f = ``features(x)`` (B, d) — the representation the analysis
-compares — of student (s) and teacher (t). All terms are batch means:
-
-``kd`` (default) — soft targets, Hinton, Vinyals & Dean 2015, "Distilling the knowledge in a
-    neural network". ``term = T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``; the whole loss is
-    :func:`biaskd.losses.kd_loss` (DESIGN.md's definition). ``distill.t_squared=false`` drops T².
-
-``logits_mse`` — logit regression, Ba & Caruana 2014, "Do deep nets really need to be deep?".
-    ``term = 1/(B·C) · Σ_b Σ_c (z_s − z_t)²`` (mean over examples *and* classes). For zero-mean
-    logits this is 2 × the T → ∞ limit of kd's term (Hinton et al. §2.1).
-
-``hints`` — FitNets, Romero et al. 2015, "FitNets: hints for thin deep nets".
-    ``term = 1/(B·d_t) · Σ_b ‖W f_s + c − f_t‖²`` with a learned linear regressor
-    ``W ∈ R^{d_t×d_s}``, ``c`` mapping student → teacher (FitNets' direction: the teacher's
-    representation is a fixed target), trained with the student and saved in its checkpoints.
-    The hint is the final representation ``features(x)``, not a middle layer as in FitNets.
-
-``relation`` — relational KD: match the batch's example-by-example structure, so student and
-    teacher may use different coordinates and sizes. ``distill.relation.kind``:
-
-    - ``rsa`` (default), the paper authors' representational-similarity loss (Abnar et al.
-      2020, ``rep_loss`` in their code): with ``S = N Nᵀ`` the cosine-similarity matrix of the
-      L2-normalised rows N of f, ``term = 1 − 1/B · Σ_i cos(S_s[i,:], S_t[i,:])``;
-    - ``rsa_mse``: ``term = 1/B² · Σ_ij (S_s − S_t)²_ij``;
-    - ``rkd``: RKD distance loss, Park et al. 2019, "Relational knowledge distillation":
-      ``ψ(i,j) = ‖f_i − f_j‖ / μ`` with μ the mean distance over pairs i < j,
-      ``term = mean_{i<j} Huber_δ=1(ψ_s(i,j) − ψ_t(i,j))`` (Park et al.'s code averages over all
-      B² entries including the zero diagonal, i.e. × (B−1)/B).
-
-``hints`` and ``relation`` reach only the encoder, not the classifier head, so they need
-α < 1 (validation rejects a constant α = 1). They read the teacher's features: with
-``teacher_outputs=cached`` these are computed once on the training set alongside the logits
-(``teacher_cache/`` of the teacher's run dir); with ``forward``/``online`` on each batch. The
-student's features and logits come from one forward (``model.features_and_logits``);
-``kd`` and ``logits_mse`` keep the plain ``model(x)`` step.
-
-``seqkd`` — sequence-level KD, Kim & Rush 2016, "Sequence-level knowledge distillation"; the LM
-    setup only (``task.setup=lm``; a ConfigError elsewhere). Not a term on the batch's outputs:
-    the student learns next-token cross-entropy on sentences the teacher *generates* (beam search
-    of width ``distill.seqkd.beam_width``, 1 = greedy) from a prompt of each training sentence
-    (``prompt=verb``: the tokens before the verb; ``verb=candidates``: at the verb position
-    only the sentence's two verb forms, so the teacher decides the number). With ŷ the teacher's
-    sentence — its best beam candidate (``mix=teacher``, Seq-KD) or the candidate closest to the
-    gold sentence y by smoothed sentence BLEU (``mix=interpolate``, Seq-Inter) — the loss per
-    training sentence is ``α · NLL(ŷ) + (1 − α) · NLL(y)``: Kim & Rush's mixture of teacher and
-    gold data with its mode approximation; at α = 1 (default) the student never sees the gold
-    sentences. No zero-loss identity holds (a student equal to its teacher keeps the teacher's
-    own NLL of its sentences). Details, batching of the mix and the cache:
-    :mod:`biaskd.modules.seqkd`.
-
-Adding an objective = one file with an :class:`Objective` subclass + one line in ``OBJECTIVES``;
-from outside the repository, ``distill.objective`` takes the subclass's import path
-(``mypkg.objectives.Cosine``; its options under ``distill.<its name>``; README, "Your own model or
-objective").
+"""Distillation objectives: *which* of the teacher's knowledge the student is asked to match,
+``α·term + (1−α)·CE``, chosen by ``distill.objective`` (options under ``distill.<name>``).
+Formulas, references and normalisations of each: ``docs/objectives.md``. Adding one: a file with
+an :class:`Objective` subclass and a line in ``OUTPUT_OBJECTIVES``, or its import path from outside.
 """
 from __future__ import annotations
 
