@@ -392,6 +392,52 @@ def main_job_wall_time() -> float:
         return time.perf_counter() - start
 
 
+def end_to_end(epochs: int = 100, seeds: tuple[int, ...] = (1, 2)) -> dict:
+    """Where a v2 MNIST student's wall time goes (``experiment=mnist_v2``, independent MLP,
+    ``epochs`` epochs, 21 eval splits, one thread): the process's imports (timed in a fresh
+    interpreter), then per run the phases the driver records (``metrics.json``
+    ``train.phases_s``). The first run builds the data (20 OOD splits); the next ones, as in a
+    sweep's later jobs in one process, reuse it."""
+    from hydra import compose, initialize_config_dir
+
+    from biaskd.cli import CONF_DIR
+    from biaskd.train import train
+
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import biaskd.train"], check=True, capture_output=True)
+    imports = time.perf_counter() - t
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for seed in seeds:
+            cfg = compose("config", overrides=["experiment=mnist_v2", "distill=none", f"trainer.max_epochs={epochs}",
+                                               f"seed={seed}", f"runs_dir={tmp}", "threads=1",
+                                               "trainer.enable_progress_bar=false"])
+            t = time.perf_counter()
+            run = train(cfg)
+            total = time.perf_counter() - t
+            phases = run.metrics["train"]["phases_s"]
+            runs.append({"seed": seed, "total_s": total, "phases_s": phases,
+                         "fit_share": phases["fit"] / total,
+                         "fit_share_with_imports": phases["fit"] / (total + (imports if not runs else 0.0))})
+    return {"epochs": epochs, "imports_s": imports, "runs": runs}
+
+
+def _fmt_end_to_end(e: dict) -> str:
+    order = [k for k in ("data", "teacher", "setup", "fit", "evaluate", "features", "teacher_measures")
+             if k in e["runs"][0]["phases_s"]]
+    lines = [f"\n## Where a {e['epochs']}-epoch MNIST student's wall time goes\n",
+             f"`experiment=mnist_v2 distill=none trainer.max_epochs={e['epochs']} threads=1`; importing the "
+             f"training stack takes {e['imports_s']:.1f} s once per process.\n",
+             "| run | total (s) | " + " | ".join(order) + " | training loop (fit) share |",
+             "|---|---|" + "---|" * len(order) + "---|"]
+    for i, r in enumerate(e["runs"]):
+        what = "first in its process (builds the data; + imports)" if i == 0 else "next in the same process"
+        share = r["fit_share_with_imports"] if i == 0 else r["fit_share"]
+        lines.append(f"| {what} | {r['total_s'] + (e['imports_s'] if i == 0 else 0):.1f} | "
+                     + " | ".join(f"{r['phases_s'][k]:.1f}" for k in order) + f" | {share:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def _loadavg() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -474,6 +520,10 @@ def main(argv: list[str] | None = None) -> None:
     if "mnist" in scenarios:
         print("[bench] mnist: profile of Lightning's per-step cost", flush=True)
         profile = profile_lightning_step("mnist")
+    e2e = None
+    if "mnist" in scenarios:
+        print("[bench] mnist: where a 100-epoch student's wall time goes", flush=True)
+        e2e = end_to_end()
     print("[bench] CKA", flush=True)
     benchmarks["cka_fast_vs_naive"]["n=10000,d=512"] = bench_cka(10_000, 512, repeats)
     results = {
@@ -486,6 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         "min_epochs_per_measurement": epochs, "min_steps_per_measurement": {scen: p[1] for scen, p in plan.items()},
         "benchmarks": benchmarks,
         "lightning_step_profile": profile,
+        "end_to_end": e2e,
         "main_job_wall_s": None if args.quick else main_job_wall_time(),
     }
     results["bench_wall_s"] = time.perf_counter() - start
@@ -505,7 +556,8 @@ def main(argv: list[str] | None = None) -> None:
         f"1-minute load average {_fmt_load(results['machine'])}. Each training ratio is the median over "
         f"{_fmt_repeats(results['repeats'])} rounds (after a warm-up; every contender once per round, "
         f"in A B B A order) of a / b within a round; each training measurement covers "
-        f"{_fmt_repeats(results['min_steps_per_measurement'])} steps or more (whole epochs).\n\n{table}\n{profile_md}")
+        f"{_fmt_repeats(results['min_steps_per_measurement'])} steps or more (whole epochs).\n\n{table}\n{profile_md}"
+        + (_fmt_end_to_end(e2e) if e2e else ""))
     print(table)
 
 

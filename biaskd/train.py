@@ -47,7 +47,9 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     cfg = config_mod.canonical(cfg)
     repair = bool(cfg.get("repair", False))
     set_threads(int(cfg.get("threads", 0) or 0))
+    start = time.perf_counter()
     data = data or build_data(cfg)
+    data_s = time.perf_counter() - start
     run = run_dir_for(cfg, data)
     if checked_complete(run, repair):
         log.info("complete, skipping: %s", run.path)
@@ -62,14 +64,24 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
         if checked_complete(run, repair):  # another process finished it while we waited
             log.info("complete, skipping: %s", run.path)
             return run
-        return _train_run(cfg, data, run, recipe, spec, transfer_set, repair)
+        return _train_run(cfg, data, run, recipe, spec, transfer_set, repair, phases={"data": data_s})
 
 
 def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spec, transfer_set,
-               repair: bool) -> RunDir:
-    """Train ``run`` (holding its lock): resume or start, fit, evaluate, write, mark complete."""
+               repair: bool, phases: dict[str, float]) -> RunDir:
+    """Train ``run`` (holding its lock): resume or start, fit, evaluate, write, mark complete.
+    ``phases`` collects where the wall time went (seconds; metrics.json ``train.phases_s``)."""
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - clock
+        clock = now
+
     ckpt = resume_checkpoint(run, repair)
     teacher = TEACHERS[recipe.teacher](cfg, data)
+    lap("teacher")
     distilled = cfg.distill.mode != "none"
     fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=distilled)
     fit = recipe.training_split(cfg, fit, teacher)
@@ -91,16 +103,21 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
     steps = default_feature_steps(len(train_batches) * int(cfg.trainer.max_epochs), cfg.train.get("feature_steps"))
     loggers = _loggers(cfg, run, meta)
     trainer = make_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), run, loggers, probe, steps)
+    lap("setup")
     wall = fit_run(trainer, module, data, run, ckpt, loggers[0])
+    lap("fit")
 
     eval_batch = int(cfg.task.get("eval_batch_size", 1024))
     run.write_weights("final", model.state_dict())
     splits = evaluate(model, data, run, eval_batch)
+    lap("evaluate")
     feats = batched_features(model, probe.x)
     run.write_features("final", feats, probe.ids, trainer.global_step)
+    lap("features")
     metrics = {
         "splits": splits,
-        "train": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch), "wall_time_s": wall},
+        "train": {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch), "wall_time_s": wall,
+                  "phases_s": phases},
     }
     if recipe.records_teacher_signal and not is_lm(data):  # what the soft targets carried beyond the labels
         metrics["teacher_signal"] = transfer_signal(teacher.model, data.train, transfer_set,
@@ -110,6 +127,7 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
                                          eval_batch)
     if comparison is not None:
         comparison.add_to(metrics)
+    lap("teacher_measures")
     run.write_metrics(metrics)
     finish_loggers(cfg, trainer, run, splits, data, comparison)
     run.mark_complete(wall_time_s=wall)
