@@ -14,7 +14,9 @@ Reads run dirs only (never trains). Modules, each with one job:
 * :mod:`analysis.figures` -- bar charts with CI whiskers, similarity heatmaps
 * :mod:`analysis.report` -- ``python -m analysis.report RUNS... --out DIR``
 * :mod:`analysis.reference` -- ``python -m analysis.reference --vision RUNS --language RUNS --out results``:
-  per-scenario reports plus a README with a verdict on each of the paper's claims
+  per-scenario reports plus a README with a verdict on each of the paper's claims, from
+  :mod:`analysis.scenario` (a scenario's runs and tables), :mod:`analysis.claims` (the claims as
+  data and their comparisons) and :mod:`analysis.scale` (the runs' scale, from their run dirs)
 """
 
 import importlib

@@ -1,4 +1,5 @@
-"""Tables over seeds: mean with 95% CI, transfer ratio, paired tests of KD vs independent.
+"""The statistics of the analysis: mean with 95% CI over seeds, transfer ratio, paired tests of
+KD vs independent, and the verdict rule on the paper's claims.
 
 All functions take the tidy frame of :func:`analysis.runs.runs_frame` (one row per
 run x split x metric) and return tidy frames, so the same numbers go to Markdown, CSV and plots.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -270,3 +272,59 @@ def severity_table(summary: pd.DataFrame, clean_split: str = "test") -> pd.DataF
     parts = [swept] + [clean.assign(family=f, severity=0) for f in sorted(swept["family"].unique())]
     out = pd.concat(parts, ignore_index=True)
     return out.sort_values(["family", "severity"], kind="stable").reset_index(drop=True)
+
+
+# -- verdicts on the paper's claims ---------------------------------------------------------------
+VERDICT_RULE = (
+    "Every comparison is paired by seed: the runs of one seed are compared with each other, and a teacher "
+    "counts for the seed of the students it taught (biaskd trains it with seed + `teacher.seed_offset`). "
+    "With n ≥ 2 pairs, a two-sided paired t-test on the per-seed differences gives p; Δ is the mean "
+    "difference (first − second) with its 95% t-interval. A comparison is **reproduced** when Δ has the "
+    "sign the paper reports and p < {alpha}; **not reproduced** when Δ has the opposite sign and p < {alpha}; "
+    "**inconclusive** otherwise: fewer than {min_n} paired seeds (n too small), p ≥ {alpha} (within seed noise; at 0.05 this is the "
+    "95% CI of Δ containing 0), or the "
+    "same difference on every seed (no test). A claim's verdict combines its *primary* comparisons: "
+    "reproduced if all of them are, not reproduced if any of them is not, inconclusive otherwise. Supporting "
+    "comparisons (per split, per k, the Universal Transformer, other teacher–student directions) are listed "
+    "but do not enter the verdict. "
+    "**not evaluated** means the runs the comparison needs are missing (the reason is given). p-values are "
+    "not corrected for multiple comparisons."
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Significance level, and the fewest paired seeds a verdict other than inconclusive needs
+    (a t-test on 2 seeds has 1 degree of freedom: too little to stand for a paper's claim)."""
+
+    alpha: float = 0.05
+    min_n: int = 3
+
+
+def verdict(diff: float, p: float, n: int, higher_is_better: bool, rule: Rule = Rule()) -> str:
+    """The rule of :data:`VERDICT_RULE` for one paired comparison."""
+    alpha = rule.alpha
+    if n == 0:
+        return "not evaluated"
+    if n < max(2, rule.min_n):
+        return "inconclusive (n too small)"
+    if p is None or math.isnan(p):
+        return "inconclusive (no test: same difference on every seed)"
+    right = diff > 0 if higher_is_better else diff < 0
+    if p < alpha:
+        return "reproduced" if right else "not reproduced"
+    return f"inconclusive (p ≥ {alpha:g})"
+
+
+def claim_verdict(rows: pd.DataFrame) -> str:
+    """Combine the verdicts of a claim's primary comparisons (see :data:`VERDICT_RULE`)."""
+    prim = rows[rows["primary"]] if len(rows) else rows
+    if prim.empty or (prim["n"] == 0).all():
+        return "not evaluated"
+    v = [x for x in prim["verdict"] if x != "not evaluated"]
+    if all(x == "reproduced" for x in v):
+        return "reproduced"
+    if any(x == "not reproduced" for x in v):
+        return "not reproduced"
+    reasons = sorted({x[len("inconclusive ("):-1] for x in v if x.startswith("inconclusive (")})
+    return f"inconclusive ({'; '.join(reasons)})" if reasons else "inconclusive"

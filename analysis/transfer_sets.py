@@ -23,7 +23,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis import tables
-from analysis.reference import A_MEAN, OOD_MEAN, load_scenario
+from analysis.scenario import A_MEAN, OOD_MEAN, load_scenario
 from analysis.report import markdown_table
 
 

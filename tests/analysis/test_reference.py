@@ -214,7 +214,7 @@ def test_missing_scenario_one_seed_and_missing_configurations(tmp_path):
 
 
 def test_verdict_rule():
-    from analysis.reference import Rule, verdict
+    from analysis.tables import Rule, verdict
 
     assert verdict(0.1, 0.01, 3, higher_is_better=True) == "reproduced"
     assert verdict(-0.1, 0.01, 3, higher_is_better=True) == "not reproduced"
