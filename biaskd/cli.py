@@ -98,6 +98,8 @@ class SummaryCallback(Callback):
             print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path} and summary.csv; run dirs: "
                   f"{sweep_dir / sweep.RUNS_FILE}\nreport: python -m analysis.report {sweep_dir} --out <folder>",
                   flush=True)
+            if config.get("sweep_note"):
+                print(f"\n{config.sweep_note}", flush=True)
         if failed:
             _state["failed"] = max(_state["failed"], len(failed))
             print(f"{len(failed)} job(s) failed (the [job failed] lines above; also in "
