@@ -371,6 +371,7 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     bias = teacher_bias_frame(runs)
     summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]).to_csv(written["teacher_bias"], index=False,
                                                                             float_format="%.4g")
+    written["markdown"] = write_markdown(out, map_frame, comparisons, signal, bias)
     for scenario in ("vision", "language"):
         p = heatmap(map_frame, scenario, out / f"transfer_map_{scenario}.png")
         if p:
@@ -380,6 +381,51 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
         if p:
             written[name] = p
     return written
+
+
+def _md(frame: pd.DataFrame, digits: int = 3) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+        return str(v)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_markdown(out: Path, map_frame: pd.DataFrame, claims: pd.DataFrame, signal: pd.DataFrame,
+                   bias: pd.DataFrame) -> Path:
+    """``transfer_map.md``: the verdicts, the headline rows of the map, what the teachers gave and
+    what they are, as tables (every number is in the CSVs beside it)."""
+    parts = ["# Transfer map (protocol v2)\n", "Written by `python -m analysis.transfer_map`; every number is "
+             "in the CSVs beside this file. Δ = distilled − independent student (paired by seed, 95% t-interval "
+             "half width ±); share = (m_KD − m_indep) / (m_teacher − m_indep).\n"]
+    if not claims.empty:
+        c = claims[["claim", "scenario", "metric", "first", "second", "cell", "n", "diff", "ci_half_width", "p",
+                    "p_holm", "verdict"]]
+        parts += ["## The paper's claims (primary comparisons, Holm-corrected)\n", _md(c), ""]
+    for scenario, metrics in (("vision", ["translated", "shift_consistency", "ood_mean", "scaled", "test",
+                                          "teacher_agreement_ood"]),
+                              ("language", ["a_accuracy", "attractor_drop_4", "teacher_agreement_attractors",
+                                            "test", "test_deep"])):
+        f = map_frame[(map_frame["scenario"] == scenario) & map_frame["metric"].isin(metrics)]
+        if f.empty:
+            continue
+        f = f.assign(order=f["metric"].map({m: i for i, m in enumerate(metrics)})).sort_values(
+            ["order", "teacher", "student_epochs", "temperature", "transfer_n"])
+        cols = ["metric", "teacher", "student_epochs", "temperature", "transfer_n", "n_seeds", "m_teacher", "m_indep",
+                "m_self", "m_kd", "diff_vs_independent", "ci_half_width", "p_value", "diff_vs_self",
+                "transferred_share"]
+        parts += [f"## {scenario}: the map\n", _md(f[cols]), ""]
+    if not signal.empty:
+        parts += ["## What the teachers gave: their soft targets at T on the inputs they taught, and on the eval "
+                  "splits\n", _md(signal), ""]
+    if not bias.empty:
+        b = summarize_over_seeds(bias, ["scenario", "model", "measure", "x"])
+        parts += ["## The teachers' own bias (mean over seeds)\n", _md(b), ""]
+    path = out / "transfer_map.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
