@@ -263,6 +263,8 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     f["row"] = f["teacher"] + ", T=" + f["temperature"].map(lambda t: f"{t:g}")
     f["col"] = f["student_epochs"].map(lambda e: f"{e} ep") + ", N=" + f["transfer_n"].astype(str)
     grid = f.pivot(index="row", columns="col", values="diff_vs_independent")
+    order = f.sort_values(["student_epochs", "transfer_n"]).drop_duplicates("col")["col"].tolist()
+    grid = grid[order]
     notes = f.assign(note=[f"{d:+.3f}\n±{h:.3f}\nshare {s:.2f}" if not math.isnan(s) else f"{d:+.3f}\n±{h:.3f}"
                            for d, h, s in zip(f["diff_vs_independent"], f["ci_half_width"], f["transferred_share"])]
                      ).pivot(index="row", columns="col", values="note")
@@ -276,7 +278,8 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     import textwrap
 
     what = textwrap.fill(f"{scenario}: {METRICS[scenario][metric].split(':')[0]}", 48)
-    ax.set_title(f"{what}\ndistilled − independent student ({n} seeds)", fontsize=9)
+    seeds = f"{n} seeds" if f["n_seeds"].min() == n else f"{int(f['n_seeds'].min())}-{n} seeds"
+    ax.set_title(f"{what}\ndistilled − independent student ({seeds}; share = transferred share)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -305,6 +308,7 @@ def epochs_figure(map_frame: pd.DataFrame, path: Path, metrics: Sequence[str] = 
                         label=label, **style)
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(sorted(f["student_epochs"].unique()), [str(e) for e in sorted(f["student_epochs"].unique())])
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("student epochs")
