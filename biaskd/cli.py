@@ -48,7 +48,7 @@ class JobFailure:
     message: str
 
 
-_state = {"failed": 0, "started": False}
+_state: dict[str, Any] = {"failed": 0, "started": False}
 
 
 class SummaryCallback(Callback):
@@ -71,6 +71,9 @@ class SummaryCallback(Callback):
         if job_return.status != JobStatus.COMPLETED or job_return.return_value is None:
             return  # a bug's exception: Hydra/main() show its traceback
         result = job_return.return_value
+        objective = ""
+        if isinstance(result, float):  # a search's objective (optimized_metric): the run is kept aside
+            result, objective = _state.pop("run"), f" · {config.optimized_metric}={result:.4f}"
         multirun = config.hydra.mode.name == "MULTIRUN"
         if isinstance(result, JobFailure):
             _state["failed"] += 1
@@ -81,7 +84,7 @@ class SummaryCallback(Callback):
         else:
             self.runs.append(result)
             sweep.record_job(config.hydra.runtime.output_dir, result.path)
-            print(summary_line(result, since=self.job_started), flush=True)
+            print(summary_line(result, since=self.job_started) + objective, flush=True)
         if multirun:
             line = sweep.progress_line(config.hydra.sweep.dir)
             if line:
@@ -122,7 +125,13 @@ def _app(cfg: DictConfig):
         check(cfg)  # a bad config speaks before the training stack is imported
         from biaskd.train import train
 
-        return train(cfg)
+        run = train(cfg)
+        if cfg.get("optimized_metric"):  # a search: the sweeper gets a number, the callback the run
+            from biaskd.search import last_logged
+
+            _state["run"] = run
+            return last_logged(run.path, str(cfg.optimized_metric))
+        return run
     except BiaskdError as exc:
         if _verbose():
             raise
@@ -139,6 +148,7 @@ def _verbose() -> bool:
 
 
 def main() -> None:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the Optuna sweeper's storage layer: plugin lines
     os.environ.setdefault("BIASKD_USER_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "0"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # exceptions reach main() instead of Hydra's traceback printer
     try:

@@ -31,6 +31,7 @@ TEACHER_PROTOCOL = 2
 # keys that do not change what is computed (where things live, how it is displayed)
 _NOT_IDENTITY = {
     "runs_dir", "data_dir", "logger", "experiment_name", "threads", "hydra", "summary", "repair", "sweep_note",
+    "optimized_metric",
 }
 _NOT_IDENTITY_NESTED = {
     "trainer": {"enable_progress_bar", "log_every_n_steps", "enable_model_summary"},

@@ -1,5 +1,5 @@
 """Optional parts and the extra that installs each: ``pip install -e ".[wandb]"`` for W&B logging,
-``".[cluster]"`` for the SLURM launcher. The core (training, analysis, local sweeps) runs without
+``".[cluster]"`` for the SLURM launcher, ``".[search]"`` for hyperparameter searches. The core (training, analysis, local sweeps) runs without
 them; a config or command that needs one says which extra to install instead of failing on an
 import deep inside."""
 from __future__ import annotations
@@ -11,6 +11,8 @@ EXTRAS = {
     "wandb": ("wandb", "W&B logging (logger=wandb, analysis.report --wandb)"),
     "submitit": ("cluster", "the SLURM launcher (hydra/launcher=slurm)"),
     "hydra_plugins.hydra_submitit_launcher": ("cluster", "the SLURM launcher (hydra/launcher=slurm)"),
+    "optuna": ("search", "hyperparameter search (hparams_search=..., the Optuna sweeper)"),
+    "hydra_plugins.hydra_optuna_sweeper": ("search", "hyperparameter search (hparams_search=..., the Optuna sweeper)"),
 }
 
 
@@ -39,5 +41,7 @@ def hint_for(exc: BaseException) -> str | None:
         # Hydra without the launcher plugin: "Could not find 'hydra/launcher/submitit_slurm'"
         if "submitit" in str(exc) and not installed("hydra_plugins.hydra_submitit_launcher"):
             return message("hydra_plugins.hydra_submitit_launcher")
+        if "hydra/sweeper/optuna" in str(exc) and not installed("hydra_plugins.hydra_optuna_sweeper"):
+            return message("hydra_plugins.hydra_optuna_sweeper")
         exc = exc.__cause__ or exc.__context__
     return None

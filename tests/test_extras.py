@@ -39,7 +39,8 @@ def test_extras_are_declared_and_dev_installs_them():
     assert any(d.startswith("wandb") for d in extras["wandb"])
     assert any(d.startswith("hydra-submitit-launcher") for d in extras["cluster"])
     dev = " ".join(extras["dev"])
-    assert "wandb" in dev and "hydra-submitit-launcher" in dev  # make test / .ci/run install .[dev]
+    assert any(d.startswith("hydra-optuna-sweeper") for d in extras["search"])
+    assert "wandb" in dev and "hydra-submitit-launcher" in dev and "hydra-optuna-sweeper" in dev  # .ci/run installs .[dev]
 
 
 def test_training_and_analysis_run_without_wandb_and_submitit(tmp_path):
@@ -66,3 +67,12 @@ def test_slurm_launcher_without_its_extra_names_it(tmp_path):
         'installed: pip install -e ".[cluster]"')
     p = run_without(tmp_path, ["wandb"], "-m", "analysis.dashboard", str(tmp_path))
     assert p.returncode == 1 and 'pip install -e ".[wandb]"' in p.stderr
+
+
+def test_a_search_without_the_optuna_sweeper_names_its_extra(tmp_path):
+    p = run_without(tmp_path, ["optuna", "hydra_plugins.hydra_optuna_sweeper"],
+                    "-m", "biaskd.cli", "-m", "hparams_search=sva_linzen_lstm", "runs_dir=runs")
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1] == (
+        "error: hyperparameter search (hparams_search=..., the Optuna sweeper) needs the optional package "
+        "'optuna', which is not installed: pip install -e \".[search]\"")

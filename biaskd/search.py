@@ -1,0 +1,35 @@
+"""What a run returns to a Hydra sweeper that searches hyperparameters (the Optuna sweeper).
+
+With ``optimized_metric=valid/loss`` (any column of the run's ``logs/metrics.csv``: ``valid/loss``,
+``valid/acc``), a job returns that column's last logged value, the one after the final epoch.
+Searches choose settings on the validation split; the recipes are in ``conf/hparams_search/``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from biaskd.errors import ArtifactError, ConfigError
+
+#: the run's per-epoch log, relative to its run dir
+LOG = Path("logs") / "metrics.csv"
+
+
+def last_logged(run_path: str | Path, metric: str) -> float:
+    """The last finite value of column ``metric`` in the run's ``logs/metrics.csv``."""
+    path = Path(run_path) / LOG
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if metric not in (reader.fieldnames or []):
+                logged = sorted(c for c in reader.fieldnames or [] if c not in ("epoch", "step"))
+                raise ConfigError(f"config key 'optimized_metric': {metric!r} is not logged in {path}; "
+                                  f"logged: {', '.join(logged)}")
+            values = [float(row[metric]) for row in reader if row.get(metric) not in (None, "")]
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing (the run's per-epoch log, where optimized_metric is read)") from None
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        raise ArtifactError(f"{path}: column {metric!r} has no finite value")
+    return finite[-1]
