@@ -53,12 +53,25 @@ METRICS = {
 LOWER_IS_BETTER = {"attractor_drop_4"}
 
 
+#: the language scenarios: (data source, setup) of an agreement run -> scenario name
+LANGUAGE_SCENARIOS = {("grammar", "classification"): "language", ("grammar", "lm"): "language_lm",
+                      ("linzen", "classification"): "linzen", ("linzen", "lm"): "linzen_lm"}
+
+
 def scenario_of(run: Run) -> str | None:
+    """``vision`` (MNIST), or one of :data:`LANGUAGE_SCENARIOS` (agreement: the grammar or Linzen's
+    data, classification or the LM setup); None for other tasks."""
     if run.task.startswith("mnist"):
         return "vision"
     if run.task.startswith("sva"):
-        return "language"
+        source = "linzen" if "linzen" in run.task else "grammar"
+        return LANGUAGE_SCENARIOS[(source, str(run.meta.get("setup") or "classification"))]
     return None
+
+
+def kind_of(scenario: str | None) -> str | None:
+    """``vision`` or ``language``: which metrics a scenario has."""
+    return "language" if scenario in LANGUAGE_SCENARIOS.values() else scenario
 
 
 def epochs_of(run: Run) -> int:
@@ -77,9 +90,9 @@ def _family_mean(accuracy: dict[str, float], family: str) -> float:
 def run_metrics(run: Run, teacher: Run | None = None) -> dict[str, float]:
     """The map's metrics of one run; agreement needs the ``teacher`` it is measured against."""
     acc = {s: run.metric(s, "accuracy") for s in run.splits}
-    scenario = scenario_of(run)
+    kind = kind_of(scenario_of(run))
     out: dict[str, float] = {"test": acc.get("test", math.nan)}
-    if scenario == "vision":
+    if kind == "vision":
         families = sorted({split_severity(s)[0] for s in acc if s != "test"})
         out["ood_mean"] = _mean(_family_mean(acc, f) for f in families)
         out["translated"] = _family_mean(acc, "translated")
@@ -88,7 +101,7 @@ def run_metrics(run: Run, teacher: Run | None = None) -> dict[str, float]:
         out["shift_consistency"] = float(shift["consistency"].mean()) if len(shift) else math.nan
         agree_on = [s for s in run.output_splits() if s != "test"]
         out["teacher_agreement_ood"] = _agreement(run, teacher, agree_on)
-    elif scenario == "language":
+    elif kind == "language":
         attractors = [f"attractors_{k}" for k in (1, 2, 3, 4)]
         out["a_accuracy"] = _mean(acc.get(s, math.nan) for s in attractors)
         out["test_deep"] = acc.get("test_deep", math.nan)
@@ -158,7 +171,7 @@ def transfer_map(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
                     values[metric][role][seed] = v
                     per_seed.append({**_cell_dict(cell), "seed": seed, "role": role, "metric": metric, "value": v,
                                      "run": members[role].run_id if members[role] else None})
-        for metric in METRICS[scenario]:
+        for metric in METRICS[kind_of(scenario)]:
             if metric in values:
                 rows.append({**_cell_dict(cell), "metric": metric, **compare_cell(values[metric])})
     return pd.DataFrame(rows, columns=MAP_COLUMNS), pd.DataFrame(per_seed)
@@ -219,13 +232,13 @@ def teacher_bias_frame(runs: Sequence[Run]) -> pd.DataFrame:
         if r.role != "teacher":
             continue
         base = {"scenario": scenario_of(r), "model": r.model, "seed": r.seed, "epochs": epochs_of(r)}
-        if scenario_of(r) == "vision":
+        if kind_of(scenario_of(r)) == "vision":
             rows.append({**base, "x": 0, "measure": "accuracy", "value": r.metric("test", "accuracy")})
             rows.append({**base, "x": 0, "measure": "consistency", "value": 1.0})
             for _, row in shift_consistency_table([r]).iterrows():
                 rows.append({**base, "x": int(row["shift_px"]), "measure": "accuracy", "value": row["accuracy"]})
                 rows.append({**base, "x": int(row["shift_px"]), "measure": "consistency", "value": row["consistency"]})
-        elif scenario_of(r) == "language":
+        elif kind_of(scenario_of(r)) == "language":
             by_k = r.metrics["splits"]["test"].get("accuracy_by_attractors") or {}
             if "0" in by_k:
                 rows.append({**base, "x": 0, "measure": "accuracy", "value": float(by_k["0"])})
@@ -256,7 +269,7 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    metric = metric or HEADLINE[scenario]
+    metric = metric or HEADLINE[kind_of(scenario)]
     f = map_frame[(map_frame["scenario"] == scenario) & (map_frame["metric"] == metric)].copy()
     if f.empty:
         return None
@@ -277,7 +290,7 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     n = int(f["n_seeds"].max())
     import textwrap
 
-    what = textwrap.fill(f"{scenario}: {METRICS[scenario][metric].split(':')[0]}", 48)
+    what = textwrap.fill(f"{scenario}: {METRICS[kind_of(scenario)][metric].split(':')[0]}", 48)
     seeds = f"{n} seeds" if f["n_seeds"].min() == n else f"{int(f['n_seeds'].min())}-{n} seeds"
     ax.set_title(f"{what}\ndistilled − independent student ({seeds}; share = transferred share)", fontsize=9)
     fig.tight_layout()
@@ -329,8 +342,8 @@ def teacher_bias_figure(bias: pd.DataFrame, path: Path) -> Path | None:
 
     if bias.empty:
         return None
-    panels = [("vision", "accuracy", "shift c (px)"), ("vision", "consistency", "shift c (px)"),
-              ("language", "accuracy", "attractors")]
+    panels = [("vision", "accuracy", "shift c (px)"), ("vision", "consistency", "shift c (px)")]
+    panels += [(s, "accuracy", "attractors") for s in LANGUAGE_SCENARIOS.values()]
     panels = [p for p in panels if not bias[(bias["scenario"] == p[0]) & (bias["measure"] == p[1])].empty]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5))
     for ax, (scenario, measure, xlabel) in zip(np.atleast_1d(axes), panels):
@@ -376,7 +389,7 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]).to_csv(written["teacher_bias"], index=False,
                                                                             float_format="%.4g")
     written["markdown"] = write_markdown(out, map_frame, comparisons, signal, bias)
-    for scenario in ("vision", "language"):
+    for scenario in ("vision", *LANGUAGE_SCENARIOS.values()):
         p = heatmap(map_frame, scenario, out / f"transfer_map_{scenario}.png")
         if p:
             written[f"heatmap_{scenario}"] = p
@@ -408,10 +421,10 @@ def write_markdown(out: Path, map_frame: pd.DataFrame, claims: pd.DataFrame, sig
         c = claims[["claim", "scenario", "metric", "first", "second", "cell", "n", "diff", "ci_half_width", "p",
                     "p_holm", "verdict"]]
         parts += ["## The paper's claims (primary comparisons, Holm-corrected)\n", _md(c), ""]
+    language = ["a_accuracy", "attractor_drop_4", "teacher_agreement_attractors", "test", "test_deep"]
     for scenario, metrics in (("vision", ["translated", "shift_consistency", "ood_mean", "scaled", "test",
                                           "teacher_agreement_ood"]),
-                              ("language", ["a_accuracy", "attractor_drop_4", "teacher_agreement_attractors",
-                                            "test", "test_deep"])):
+                              *((name, language) for name in LANGUAGE_SCENARIOS.values())):
         f = map_frame[(map_frame["scenario"] == scenario) & map_frame["metric"].isin(metrics)]
         if f.empty:
             continue

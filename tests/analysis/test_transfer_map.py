@@ -61,3 +61,22 @@ def test_verdicts_follow_sign_and_corrected_p():
     rows = judge(_per_seed({1: 0.05, 2: 0.06, 3: 0.05, 4: 0.055, 5: 0.06}), two)[0]
     assert rows["p_holm"].iloc[0] == pytest.approx(min(1.0, 2 * rows["p"].iloc[0]))
     assert rows["verdict"].tolist() == ["reproduced", "not reproduced"]
+
+
+def test_each_agreement_setting_is_its_own_scenario_with_the_language_metrics():
+    from types import SimpleNamespace
+
+    from analysis.transfer_map import METRICS, kind_of, scenario_of
+
+    def run(task, setup):
+        return SimpleNamespace(task=task, meta={"setup": setup})
+
+    got = {(t, s): scenario_of(run(t, s)) for t, s in [("mnist", "classification"), ("sva", "classification"),
+                                                        ("sva_lm", "lm"), ("sva_linzen_transfer", "classification"),
+                                                        ("sva_linzen_lm", "lm"), ("toy", "classification")]}
+    assert got == {("mnist", "classification"): "vision", ("sva", "classification"): "language",
+                   ("sva_lm", "lm"): "language_lm", ("sva_linzen_transfer", "classification"): "linzen",
+                   ("sva_linzen_lm", "lm"): "linzen_lm", ("toy", "classification"): None}
+    assert [kind_of(s) for s in ("vision", "language", "language_lm", "linzen", "linzen_lm")] == \
+        ["vision"] + ["language"] * 4
+    assert "a_accuracy" in METRICS[kind_of("linzen")]
