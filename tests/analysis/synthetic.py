@@ -79,7 +79,7 @@ def write_run(
         run.write_features(step, np.asarray(x, dtype=np.float32), ids, final_step if step == "final" else int(step))
     for step, sd in (state_dicts or {}).items():
         run.write_weights(step, dict(sd))
-    config = {"task": {"name": task}, "model": {"name": model}, "seed": seed,
+    config = {"task": {"name": task}, "model": {"name": model}, "seed": seed, "trainer": {"max_epochs": 1},
               "distill": {"mode": distill, "objective": objective, "alpha": alpha,
                           "temperature": temperature, "teacher_run": teacher_run}}
     run.write_config(yaml.safe_dump(config, sort_keys=False))
@@ -145,7 +145,11 @@ def make_sweep(
     splits = SPLITS[task]
     data = np.random.default_rng(data_seed)
     labels = {s: data.integers(0, C, n) for s in splits}
-    ids = {s: np.arange(n) + 100_000 * i for i, s in enumerate(splits)}
+    # MNIST's OOD sets are the test digits transformed (same ids and labels); agreement splits are
+    # distinct sentences
+    ids = {s: np.arange(n) + (0 if task == "mnist" else 100_000 * i) for i, s in enumerate(splits)}
+    if task == "mnist":
+        labels = {s: labels["test"] for s in splits}
     meta = {}
     if task == "sva":
         for s in splits:
@@ -278,7 +282,11 @@ def make_scenario(
     splits = list(difficulty)
     data = np.random.default_rng(data_seed)
     labels = {s: data.integers(0, C, n) for s in splits}
-    ids = {s: np.arange(n) + 100_000 * i for i, s in enumerate(splits)}
+    # MNIST's OOD sets are the test digits transformed (same ids and labels); agreement splits are
+    # distinct sentences
+    ids = {s: np.arange(n) + (0 if task == "mnist" else 100_000 * i) for i, s in enumerate(splits)}
+    if task == "mnist":
+        labels = {s: labels["test"] for s in splits}
     if scenario == "vision":
         meta = {s: {"meta_severity": np.full(n, difficulty[s])} for s in splits}
     else:

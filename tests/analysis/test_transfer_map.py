@@ -80,3 +80,36 @@ def test_each_agreement_setting_is_its_own_scenario_with_the_language_metrics():
     assert [kind_of(s) for s in ("vision", "language", "language_lm", "linzen", "linzen_lm")] == \
         ["vision"] + ["language"] * 4
     assert "a_accuracy" in METRICS[kind_of("linzen")]
+
+
+def test_the_map_of_a_sweep_pairs_each_distilled_student_with_its_seeds_independent_and_self_distilled(tmp_path):
+    import json
+
+    from analysis.transfer_map import build
+    from synthetic import make_sweep
+
+    sweep = make_sweep(tmp_path / "runs", task="mnist", seeds=(0, 1, 2), closeness={"cross": 0.8, "self": 0.1},
+                       steps=())
+    written = build([tmp_path / "runs"], tmp_path / "out")
+    for name in ("transfer_map", "per_seed", "teacher_signal", "teacher_bias", "claims", "verdicts", "markdown",
+                 "heatmap_vision"):
+        assert written[name].is_file(), name
+
+    def acc(path, split="translated"):
+        return json.loads((path / "metrics.json").read_text())["splits"][split]["accuracy"]
+
+    kd = [acc(sweep.students[("cross", s)]) for s in (0, 1, 2)]
+    indep = [acc(sweep.independent[s]) for s in (0, 1, 2)]
+    own = [acc(sweep.students[("self", s)]) for s in (0, 1, 2)]
+    teacher = [acc(sweep.teachers[s]) for s in (0, 1, 2)]
+    frame = pd.read_csv(written["transfer_map"])
+    row = frame[(frame["scenario"] == "vision") & (frame["metric"] == "translated")]
+    assert len(row) == 1
+    row = row.iloc[0]
+    assert (row["teacher"], row["student"], row["student_epochs"], row["n_seeds"]) == ("cnn", "mlp", 1, 3)
+    diffs = [k - i for k, i in zip(kd, indep)]
+    assert row["diff_vs_independent"] == pytest.approx(sum(diffs) / 3, rel=1e-5)
+    assert row["diff_vs_self"] == pytest.approx(sum(k - o for k, o in zip(kd, own)) / 3, rel=1e-5)
+    share = (sum(kd) - sum(indep)) / (sum(teacher) - sum(indep))
+    assert row["transferred_share"] == pytest.approx(share, rel=1e-5)  # the CSV keeps 6 significant digits
+    assert row["diff_vs_independent"] > 0  # the synthetic teacher is better OOD and the students lean on it
