@@ -14,7 +14,7 @@ cancels within a round), with the ratio of the two sides' median throughputs bes
    loops with a model that is one bias vector (no compute to speak of); the ms/step
    differences, the best ``lightning_vs_plain`` they allow for the scenario's student, and
    what Lightning's stock (every-step) progress bar would add;
-6. ``cka_fast_vs_naive``: ``analysis.similarity.linear_cka`` time ÷ an n×n Gram version;
+6. ``cka_fast_vs_naive``: ``biaskd.measures.linear_cka`` time ÷ an n×n Gram version;
 7. wall time of the README's main job (full mode only).
 
 A measurement covers at least the steps of ``SCENARIO_PLAN`` (``MIN_STEPS`` for other
@@ -369,7 +369,7 @@ def _fmt_profile(p: dict, overhead_ms: float | None) -> str:
 
 
 def bench_cka(n: int, d: int, repeats: int) -> dict:
-    from analysis.similarity import linear_cka, linear_cka_gram
+    from biaskd.measures import linear_cka, linear_cka_gram
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d)).astype(np.float32)
