@@ -14,7 +14,7 @@ import pandas as pd
 from biaskd.sweep import RUNS_FILE, sweep_runs, write_runs_file
 
 from analysis import figures, tables
-from analysis.report import markdown_table
+from analysis.markdown import markdown_table
 from analysis.runs import load_run, order_splits, runs_frame, with_teachers
 
 #: metrics of the per-configuration summary (others stay in the run dirs and the report)

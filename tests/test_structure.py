@@ -4,6 +4,7 @@
   analysis -> biaskd, and the analysis reaches the training stack only through a few plain
   modules (``ANALYSIS_MAY_IMPORT``).
 * No import cycle among the modules of both packages, imports inside functions included.
+* No source file longer than ``MAX_LINES`` unless its opening line says why.
 """
 from __future__ import annotations
 
@@ -123,3 +124,17 @@ def test_no_import_cycle_among_the_modules():
 ])
 def test_find_cycle(graph, cycle):
     assert find_cycle(graph) == cycle
+
+
+#: longest a source file may be; a longer one says why in its opening line (with this phrase)
+MAX_LINES = 500
+KEPT_WHOLE = "kept in one file"
+
+
+def test_no_source_file_is_longer_than_the_limit_without_saying_why():
+    long = []
+    for path in module_files().values():
+        lines = path.read_text().splitlines()
+        if len(lines) > MAX_LINES and not (lines and KEPT_WHOLE in lines[0]):
+            long.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
+    assert not long, long
