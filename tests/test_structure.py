@@ -5,6 +5,7 @@
   modules (``ANALYSIS_MAY_IMPORT``).
 * No import cycle among the modules of both packages, imports inside functions included.
 * No source file longer than ``MAX_LINES`` unless its opening line says why.
+* The README's Layout section names every module file of both packages, and no other.
 """
 from __future__ import annotations
 
@@ -138,3 +139,33 @@ def test_no_source_file_is_longer_than_the_limit_without_saying_why():
         if len(lines) > MAX_LINES and not (lines and KEPT_WHOLE in lines[0]):
             long.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
     assert not long, long
+
+
+def layout_section() -> dict[str, str]:
+    """The README's ``## Layout`` block, its text by top-level folder (``biaskd``, ``analysis``, ...)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    parts: dict[str, str] = {}
+    folder = None
+    for line in block.splitlines():
+        head = line.split(" ", 1)[0]
+        if head.endswith("/") and not line.startswith(" "):
+            folder = head.rstrip("/")
+        if folder:
+            parts[folder] = parts.get(folder, "") + line + "\n"
+    return parts
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_readme_layout_names_every_module_of_the_package(package):
+    import re
+
+    text = layout_section()[package]
+    named = set(re.findall(r"\b([a-z_][a-z0-9_]*\.py)\b", text))
+    files = {p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"}
+    assert not files - named, f"in {package}/ but not in the README's Layout: {sorted(files - named)}"
+    assert not named - files, f"in the README's Layout under {package}/ but not there: {sorted(named - files)}"
+    subpackages = {p.parent.name for p in (ROOT / package).glob("*/__init__.py")}
+    missing = {d for d in subpackages if not re.search(rf"\b{d}/", text)}
+    assert not missing, f"subpackages of {package}/ the README's Layout does not name: {sorted(missing)}"
