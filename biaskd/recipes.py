@@ -154,11 +154,12 @@ DISTILL_MODES = tuple(dict.fromkeys(mode for _, mode, _ in RECIPES))
 
 
 def recipe_for(cfg: DictConfig, data: TaskData) -> Recipe:
-    """The recipe of the run ``cfg`` describes on ``data``."""
-    from biaskd.modules.lm import check_lm_config, is_lm
+    """The recipe of the run ``cfg`` describes on ``data`` (whose ``setup_kind`` names its setup;
+    ``classification`` without one)."""
+    from biaskd.modules.lm import check_lm_config
     from biaskd.modules.seqkd import is_sequence_level
 
-    setup = "lm" if is_lm(data) else "classification"
+    setup = getattr(data, "setup_kind", "classification")
     level = "sequence" if is_sequence_level(cfg.distill) else "output"
     recipe = RECIPES.get((setup, cfg.distill.mode, level))
     if recipe is None:
