@@ -3,7 +3,9 @@
 * Training code (``biaskd``) never imports the analysis: the dependency runs one way,
   analysis -> biaskd, and the analysis reaches the training stack only through a few plain
   modules (``ANALYSIS_MAY_IMPORT``).
-* No import cycle among the modules of both packages, imports inside functions included.
+* No import cycle among the modules of both packages, imports inside functions included (those
+  put off an import until it is needed, e.g. the recipes' training stack or the CLI's driver;
+  they may not close a cycle either).
 * No source file longer than ``MAX_LINES`` unless its opening line says why.
 * The README's Layout section names every module file of both packages, and no other.
 """
