@@ -149,18 +149,24 @@ def mode_label(frame: pd.DataFrame, style: Style | None = None) -> pd.Series:
     return (style or Style(frame)).labels(frame)
 
 
+def _styled(frame: pd.DataFrame, hue: str, style: Style | None) -> tuple[pd.DataFrame, list, dict]:
+    """A copy of ``frame`` (with its configuration labels when ``hue="config"``), the legend order
+    of its ``hue`` values and their colours."""
+    d = frame.copy()
+    style = style or Style(d)
+    if hue == "config":
+        d["config"] = style.labels(d)
+    order = style.order(d[hue].unique())
+    return d, order, style.palette(order)
+
+
 def plot_map(coords: pd.DataFrame, hue: str = "config", ax=None, annotate: bool = False,
              title: str | None = None, style: Style | None = None):
     """Scatter of a :func:`run_map` frame, one colour per configuration (``hue="config"``; colours,
     labels and legend order from ``style``), teachers as large stars; the legend outside the axes."""
     import matplotlib.pyplot as plt
 
-    d = coords.copy()
-    style = style or Style(d)
-    if hue == "config":
-        d["config"] = style.labels(d)
-    order = style.order(d[hue].unique())
-    palette = style.palette(order)
+    d, order, palette = _styled(coords, hue, style)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4.5))
     for label in order:
@@ -185,12 +191,7 @@ def plot_training_paths(paths: pd.DataFrame, hue: str = "config", ax=None, title
     0, 1, 2, 4, … (sparse late in training), so the points, not the line, are the data."""
     import matplotlib.pyplot as plt
 
-    d = paths.copy()
-    style = style or Style(d)
-    if hue == "config":
-        d["config"] = style.labels(d)
-    order = style.order(d[hue].unique())
-    palette = style.palette(order)
+    d, order, palette = _styled(paths, hue, style)
     if ax is None:
         _, ax = plt.subplots(figsize=(7.0, 4.8))
     for run, g in d.groupby("run", sort=True):

@@ -27,7 +27,8 @@ import pandas as pd
 
 from analysis import similarity, tables
 from analysis.claims import CLAIM_TITLES, CLAIMS, evaluate_claims
-from analysis.report import Report, build_report
+from analysis.markdown import Report
+from analysis.report import build_report
 from analysis.scale import hydra_commands, read_commands, scale_facts
 from analysis.scenario import (A_MEAN, ALL_SPLITS, OOD_MEAN, SCENARIOS, Scenario, load_scenario, missing_configs,
                                scenario_table, severity_tables, transfer_rows)

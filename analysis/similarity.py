@@ -22,28 +22,10 @@ from biaskd.errors import ArtifactError
 from biaskd.schema import Features
 # linear CKA is shared with the training driver, which logs it per run (probe/teacher_cka)
 from biaskd.measures import center as _center, cross_sq as _cross_sq, feature_pair as _as_pair, linear_cka
+from biaskd.measures import hsic_biased as _hsic_biased, linear_cka_gram  # the O(n^2) reference, here too
 from biaskd.measures import ratio_or_nan as _ratio, self_norm as _self_norm
 
 from analysis.runs import Run
-
-
-def _hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
-    """tr(KHLH) up to the constant 1/(n-1)^2, which cancels in CKA."""
-    Kc = K - K.mean(0, keepdims=True) - K.mean(1, keepdims=True) + K.mean()
-    return float(np.vdot(Kc, L))
-
-
-def linear_cka_gram(X, Y) -> float:
-    """Reference linear CKA through n x n centred Gram matrices (HSIC form); O(n^2) memory.
-
-    Columns are centred before the Gram products (the same as centring the Gram matrices,
-    but without cancelling large numbers when features have a large common offset).
-    """
-    X, Y = _as_pair(X, Y)
-    X, Y = _center(X), _center(Y)
-    K, L = X @ X.T, Y @ Y.T
-    return _ratio(_hsic_biased(K, L), math.sqrt(max(_hsic_biased(K, K), 0) * max(_hsic_biased(L, L), 0)),
-                  "linear_cka_gram")
 
 
 # --- unbiased HSIC / minibatch CKA --------------------------------------------------------------

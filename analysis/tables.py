@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -116,6 +116,23 @@ def _independent(frame: pd.DataFrame, task, split, metric, model, prefer_role: s
     return preferred if len(preferred) else rows
 
 
+def _kd_keys(frame: pd.DataFrame) -> list[str]:
+    """What one distilled-student configuration is (its runs differ in seed only)."""
+    keys = ["task", "split", "metric", "model", "teacher_model", "distill", "objective", "alpha", "temperature"]
+    return keys + _keys_present(frame, ["transfer"])
+
+
+def _kd_configurations(frame: pd.DataFrame, keys: list[str]) -> Iterator[tuple[dict, pd.DataFrame, pd.DataFrame]]:
+    """(configuration, its distilled runs' rows, the rows of its model's independent students) for
+    every distilled-student configuration in ``frame`` (``distill != "none"`` with a teacher
+    model), grouped by ``keys``, in sorted order."""
+    kd_all = frame[(frame["distill"] != "none") & frame["teacher_model"].notna()]
+    for key, kd in kd_all.groupby(keys, dropna=False, sort=True):
+        rec = dict(zip(keys, key))
+        yield rec, kd, _independent(frame, rec["task"], rec["split"], rec["metric"], rec["model"],
+                                    prefer_role="student", transfer=rec.get("transfer"))
+
+
 def _welch_half_width(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> float:
     """Half-width of the Welch t interval of mean(a) - mean(b); NaN unless both have n >= 2."""
     if len(a) < 2 or len(b) < 2:
@@ -142,14 +159,9 @@ def transfer_table(frame: pd.DataFrame, min_gap: float = 1e-9, metrics: Sequence
     """
     if metrics is not None:
         frame = frame[frame["metric"].isin(metrics)]
-    kd_all = frame[(frame["distill"] != "none") & frame["teacher_model"].notna()]
-    group_keys = ["task", "split", "metric", "model", "teacher_model", "distill", "objective", "alpha", "temperature"]
-    group_keys += _keys_present(frame, ["transfer"])
     rows = []
-    for key, kd in kd_all.groupby(group_keys, dropna=False, sort=True):
-        rec = dict(zip(group_keys, key))
+    for rec, kd, indep in _kd_configurations(frame, _kd_keys(frame)):
         t, s, m = rec["task"], rec["split"], rec["metric"]
-        indep = _independent(frame, t, s, m, rec["model"], prefer_role="student", transfer=rec.get("transfer"))
         teacher_ids = set(kd["teacher_run"].dropna())
         named = frame[frame["run"].isin(teacher_ids) & (frame["split"] == s) & (frame["metric"] == m)]
         if len(named):
@@ -235,14 +247,9 @@ def paired_tests(frame: pd.DataFrame, metrics: Sequence[str] = ("accuracy",)) ->
     """Distilled vs independent student of the same model, paired by seed, per task, split,
     metric and KD configuration (see :func:`paired_test`)."""
     frame = frame[frame["metric"].isin(metrics)]
-    kd_all = frame[(frame["distill"] != "none") & frame["teacher_model"].notna()]
-    keys = ["task", "split", "metric", "model", "teacher_model", "distill", "objective", "alpha", "temperature"]
-    keys += _keys_present(frame, ["transfer"])
+    keys = _kd_keys(frame)
     rows = []
-    for key, kd in kd_all.groupby(keys, dropna=False, sort=True):
-        rec = dict(zip(keys, key))
-        indep = _independent(frame, rec["task"], rec["split"], rec["metric"], rec["model"], prefer_role="student",
-                             transfer=rec.get("transfer"))
+    for rec, kd, indep in _kd_configurations(frame, keys):
         rows.append({**rec, **paired_test(_seed_values(kd), _seed_values(indep))})
     cols = keys + ["n_pairs", "seeds", "mean_diff", "diff_half_width", "t", "p_ttest",
                    "wilcoxon_w", "p_wilcoxon", "note"]

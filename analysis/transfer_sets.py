@@ -24,7 +24,7 @@ import pandas as pd
 
 from analysis import tables
 from analysis.scenario import A_MEAN, OOD_MEAN, load_scenario
-from analysis.report import markdown_table
+from analysis.markdown import markdown_table
 
 
 def condition(row) -> str:

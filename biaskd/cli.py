@@ -54,12 +54,18 @@ _state: dict[str, Any] = {"failed": 0, "started": False}
 class SummaryCallback(Callback):
     """Prints one line per finished job (``[job failed] ...`` for a failed one) and, in a sweep,
     how far it is (``[sweep] 3/12 jobs done · elapsed · about … left``); after a sweep, writes
-    ``runs.txt``, ``summary.csv`` and ``summary.md`` into the sweep folder (:mod:`biaskd.sweep`),
-    prints the accuracy table and says how many jobs failed."""
+    ``runs.txt`` into the sweep folder (:mod:`biaskd.sweep`) and, through ``summarize``,
+    ``summary.csv`` and ``summary.md``, prints the accuracy table and says how many jobs failed.
 
-    def __init__(self) -> None:
+    ``summarize``: the dotted name of ``f(sweep_dir, failed=n) -> (summary.md path, table text) |
+    None`` that writes the sweep's summaries (and ``runs.txt``); the config names
+    :func:`analysis.sweep_summary.write_summary`. Given by name, so training code does not
+    import the analysis; without one, only ``runs.txt`` is written."""
+
+    def __init__(self, summarize: str | None = None) -> None:
         self.runs: list[Any] = []
         self.job_started = time.time()
+        self.summarize = summarize
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.job_started = time.time()
@@ -95,7 +101,7 @@ class SummaryCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")) if sweep_dir.is_dir() else []
-        written = sweep.write_summary(sweep_dir, failed=len(failed))
+        written = self._summarize(sweep_dir, failed=len(failed))
         if written:  # from the sweep folder, so jobs run in other processes count too
             path, table = written
             print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path} and summary.csv; run dirs: "
@@ -108,6 +114,18 @@ class SummaryCallback(Callback):
             print(f"{len(failed)} job(s) failed (the [job failed] lines above; also in "
                   f"{sweep_dir}/<job>/{FAILURE_FILE}); rerun the same command to retry them, completed jobs are kept",
                   file=sys.stderr, flush=True)
+
+    def _summarize(self, sweep_dir: Path, failed: int) -> tuple[Path, str] | None:
+        from biaskd import sweep
+
+        if self.summarize:
+            from hydra.utils import get_method
+
+            return get_method(self.summarize)(sweep_dir, failed=failed)
+        runs = sweep.sweep_runs(sweep_dir)
+        if runs:
+            sweep.write_runs_file(sweep_dir, runs)
+        return None
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         from biaskd.summary import format_table, summary_table

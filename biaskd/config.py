@@ -17,8 +17,7 @@ from biaskd import objectives
 from biaskd.artifacts import config_hash
 from biaskd.data import transfer
 from biaskd.errors import ConfigError
-
-DISTILL_MODES = ("none", "self", "cross", "online")
+from biaskd.recipes import DISTILL_MODES  # the modes some recipe trains: the recipe table is their one list
 TEACHER_OUTPUTS = ("cached", "forward", "online")
 ALPHA_SCHEDULES = ("constant", "linear", "exponential")
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -7,7 +7,9 @@ on the dashboard and the number in the report are one definition (DESIGN.md):
 
 * :func:`top1_agreement` -- how often two models predict the same class;
 * :func:`js_divergence` -- mean Jensen–Shannon divergence of their output distributions (nats);
-* :func:`linear_cka` -- linear CKA of two feature matrices (Kornblith et al. 2019).
+* :func:`linear_cka` -- linear CKA of two feature matrices (Kornblith et al. 2019);
+  :func:`linear_cka_gram` -- the same through n x n Gram matrices, the reference it is checked
+  and timed against (:mod:`biaskd.bench`).
 
 Pure numpy/scipy, float64 throughout (features arrive as float32; sums over 10^4 examples lose
 digits fast).
@@ -139,3 +141,22 @@ def linear_cka(X, Y) -> float:
     X, Y = feature_pair(X, Y)
     Xc, Yc = center(X), center(Y)
     return ratio_or_nan(cross_sq(Xc, Yc), self_norm(Xc) * self_norm(Yc), "linear_cka")
+
+
+def hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
+    """tr(KHLH) up to the constant 1/(n-1)^2, which cancels in CKA."""
+    Kc = K - K.mean(0, keepdims=True) - K.mean(1, keepdims=True) + K.mean()
+    return float(np.vdot(Kc, L))
+
+
+def linear_cka_gram(X, Y) -> float:
+    """Reference linear CKA through n x n centred Gram matrices (HSIC form); O(n^2) memory.
+
+    Columns are centred before the Gram products (the same as centring the Gram matrices,
+    but without cancelling large numbers when features have a large common offset).
+    """
+    X, Y = feature_pair(X, Y)
+    X, Y = center(X), center(Y)
+    K, L = X @ X.T, Y @ Y.T
+    return ratio_or_nan(hsic_biased(K, L), math.sqrt(max(hsic_biased(K, K), 0) * max(hsic_biased(L, L), 0)),
+                        "linear_cka_gram")

@@ -1,25 +1,29 @@
 """How each kind of run is made: where its teacher comes from, what it trains on, which Lightning
 module trains it. One recipe per (setup, distillation mode, objective level) in :data:`RECIPES`;
-a new mode or setup is one recipe and its entries there.
+a new mode or setup is one recipe and its entries there: the modes a config may ask for
+(:data:`DISTILL_MODES`, checked by :func:`biaskd.config.check`) are read off the table.
+
+The config check imports this module before anything trains, so the training stack (Lightning
+modules, teacher caches) is imported by the recipe that uses it, when it is used.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from biaskd.artifacts import RunDir
 from biaskd.data.base import Split
-from biaskd.data.datamodule import TaskData
 from biaskd.errors import ConfigError
 from biaskd.models import check_model
-from biaskd.modules.classifier import ClassifierModule
-from biaskd.modules.distill import DistillModule
-from biaskd.modules.lm import check_lm_config, is_lm, lm_module
-from biaskd.modules.seqkd import is_sequence_level, sequence_level_module, sequence_level_split
 from biaskd.objectives import Outputs, build_objective, objective_class
-from biaskd.teachers import teacher_cache
+
+if TYPE_CHECKING:
+    from biaskd.data.datamodule import TaskData
+    from biaskd.modules.classifier import ClassifierModule
+    from biaskd.modules.distill import DistillModule
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Recipe:
         return fit
 
     def module(self, p: Parts) -> ClassifierModule:
+        from biaskd.modules.classifier import ClassifierModule
+
         return ClassifierModule(p.net, **p.optim)
 
 
@@ -72,6 +78,9 @@ class Distilled(Recipe):
         self.records_teacher_signal = teacher == "trained"
 
     def module(self, p: Parts) -> DistillModule:
+        from biaskd.modules.distill import DistillModule
+        from biaskd.teachers import teacher_cache
+
         distill = p.cfg.distill
         cached = Outputs(None)
         if distill.teacher_outputs == "cached":
@@ -98,10 +107,14 @@ class LanguageModel(Recipe):
         self.teacher = teacher
 
     def check(self, cfg: DictConfig, data: TaskData) -> None:
+        from biaskd.modules.lm import check_lm_config
+
         super().check(cfg, data)
         check_lm_config(cfg)
 
     def module(self, p: Parts) -> ClassifierModule:
+        from biaskd.modules.lm import lm_module
+
         return lm_module(p.cfg, p.net, p.teacher.model if p.teacher else None, p.data, **p.optim)
 
 
@@ -112,10 +125,14 @@ class SequenceLevel(LanguageModel):
         super().__init__("trained")
 
     def training_split(self, cfg: DictConfig, fit: Split, teacher: Teacher | None) -> Split:
+        from biaskd.modules.seqkd import sequence_level_split
+
         return sequence_level_split(OmegaConf.to_container(cfg.distill, resolve=True), fit, teacher.model,
                                     cache_dir=teacher.run / "teacher_cache")
 
     def module(self, p: Parts) -> ClassifierModule:
+        from biaskd.modules.seqkd import sequence_level_module
+
         return sequence_level_module(p.cfg, p.net, p.data, p.fit, **p.optim)
 
 
@@ -132,11 +149,17 @@ RECIPES: dict[tuple[str, str, str], Recipe] = {
     ("lm", "self", "sequence"): SequenceLevel(),
     ("lm", "cross", "sequence"): SequenceLevel(),
 }
+#: the values of ``distill.mode``: those some recipe trains, in the table's order
+DISTILL_MODES = tuple(dict.fromkeys(mode for _, mode, _ in RECIPES))
 
 
 def recipe_for(cfg: DictConfig, data: TaskData) -> Recipe:
-    """The recipe of the run ``cfg`` describes on ``data``."""
-    setup = "lm" if is_lm(data) else "classification"
+    """The recipe of the run ``cfg`` describes on ``data`` (whose ``setup_kind`` names its setup;
+    ``classification`` without one)."""
+    from biaskd.modules.lm import check_lm_config
+    from biaskd.modules.seqkd import is_sequence_level
+
+    setup = getattr(data, "setup_kind", "classification")
     level = "sequence" if is_sequence_level(cfg.distill) else "output"
     recipe = RECIPES.get((setup, cfg.distill.mode, level))
     if recipe is None:

@@ -10,6 +10,10 @@ the sweep folder gets
   (accuracy, ECE, agreement with the teacher, …), the teachers included;
 * ``summary.md`` -- the same as tables a person reads.
 
+The two summaries are the analysis package's (:mod:`analysis.sweep_summary`); the Hydra callback
+(:class:`biaskd.cli.SummaryCallback`) is given that function by the config
+(``hydra.callbacks.summary.summarize``), so training code never imports the analysis.
+
 Everything is read back from the sweep folder and the run dirs, not from the process that
 launched the jobs, so jobs run by the joblib or SLURM launchers count the same way. Progress
 (:func:`progress_line`) counts finished job folders against the sweep's size, computed from
@@ -25,8 +29,6 @@ from pathlib import Path
 RUN_FILE = "run.txt"  # in a job's Hydra folder: the run dir the job produced
 RUNS_FILE = "runs.txt"  # in the sweep folder: every job's run dir
 FAILURE_FILE = "failed.txt"  # in a failed job's Hydra folder: what failed, one line (biaskd.cli)
-#: metrics of the per-configuration summary (others stay in the run dirs and the report)
-SUMMARY_METRICS = ("accuracy", "a_accuracy", "d_accuracy", "perplexity", "ece", "teacher_agreement", "teacher_js")
 
 
 def record_job(job_dir: str | Path, run_path: str | Path) -> None:
@@ -110,78 +112,3 @@ def write_runs_file(sweep_dir: str | Path, runs: list[Path]) -> Path:
     path = sweep_dir / RUNS_FILE
     path.write_text("".join(line + "\n" for line in lines))
     return path
-
-
-def summary_frames(run_paths: list[Path]):
-    """(tidy summary, wide accuracy table, wide teacher table) of the runs and their teachers:
-    mean ± 95% CI over seeds per configuration (``analysis.tables.summarize``)."""
-    import pandas as pd
-
-    from analysis import figures, tables
-    from analysis.runs import load_run, order_splits, runs_frame, with_teachers
-
-    runs = with_teachers(load_run(p) for p in run_paths)
-    frame = runs_frame(runs)
-    probe = [{**frame[frame["run"] == r.run_id].iloc[0].to_dict(), "split": "probe", "metric": "teacher_cka",
-              "value": float(r.metrics["probe"]["teacher_cka"])}
-             for r in runs if (r.metrics.get("probe") or {}).get("teacher_cka") is not None and
-             (frame["run"] == r.run_id).any()]
-    frame = pd.concat([frame, pd.DataFrame(probe, columns=frame.columns)], ignore_index=True) if probe else frame
-    frame = frame[frame["metric"].isin(SUMMARY_METRICS + ("teacher_cka",))]
-    summary = tables.summarize(frame)
-    summary.insert(0, "configuration", figures.config_label(summary))
-    # teachers first, then the configurations in the order the sweep ran them
-    per_run = frame.drop_duplicates("run")
-    first = {c: i for i, c in enumerate(dict.fromkeys(figures.config_label(per_run)))}
-    summary = summary.sort_values("configuration", kind="stable",
-                                  key=lambda c: c.map(first) + 1000 * (summary["role"] != "teacher"))
-
-    def wide(metrics: list[str], extra: dict[str, str] | None = None):
-        part = summary[summary["metric"].isin(metrics) & (summary["split"] != "probe")]
-        if part.empty:
-            return None
-        w = part.pivot_table(index="configuration", columns="split", values="text", aggfunc="first", sort=False)
-        w = w[order_splits(w.columns)]
-        seeds = summary.groupby("configuration", sort=False)["seeds"].first()
-        w.insert(0, "seeds", seeds.reindex(w.index))
-        for column, (metric, split) in (extra or {}).items():
-            sel = summary[(summary["metric"] == metric) & (summary["split"] == split)].set_index("configuration")
-            if len(sel):
-                w[column] = sel["text"].reindex(w.index)
-        return w.reset_index()
-
-    accuracy = wide(["accuracy"], {"test ECE": ("ece", "test")})
-    teacher = wide(["teacher_agreement"], {"probe CKA": ("teacher_cka", "probe")})
-    return summary, accuracy, teacher
-
-
-def write_summary(sweep_dir: str | Path, failed: int = 0) -> tuple[Path, str] | None:
-    """``runs.txt``, ``summary.csv`` and ``summary.md`` in ``sweep_dir``; returns the path of
-    ``summary.md`` and the accuracy table as text, or None when no job produced a run."""
-    from analysis.report import markdown_table
-
-    sweep_dir = Path(sweep_dir)
-    runs = sweep_runs(sweep_dir)
-    if not runs:
-        return None
-    write_runs_file(sweep_dir, runs)
-    summary, accuracy, teacher = summary_frames(runs)
-    summary.to_csv(sweep_dir / "summary.csv", index=False)
-    n_seeds = summary["n"].max() if len(summary) else 0
-    lines = [f"# Sweep summary: `{sweep_dir}`", "",
-             f"{len(runs)} run(s) from the sweep's jobs" + (f", {failed} job(s) failed" if failed else "") +
-             f"; their teachers included. Mean ± 95% CI over seeds (Student t)"
-             + ("" if n_seeds > 1 else "; every configuration ran with one seed, so no intervals") + ".",
-             f"Run dirs: [`{RUNS_FILE}`]({RUNS_FILE}); every number: [`summary.csv`](summary.csv); the full "
-             f"analysis: `python -m analysis.report {sweep_dir} --out <folder>`.", ""]
-    if accuracy is not None:
-        lines += ["## Accuracy per eval split", "", markdown_table(accuracy), ""]
-    if teacher is not None:
-        lines += ["## Top-1 agreement with the teacher", "",
-                  "Per eval split; `probe CKA` = linear CKA of the probe-set features with the teacher's. "
-                  "Independent students are compared with the teacher a distilled run of their config uses, "
-                  "where that teacher's run was complete.", "", markdown_table(teacher), ""]
-    path = sweep_dir / "summary.md"
-    path.write_text("\n".join(lines))
-    text = accuracy.to_string(index=False) if accuracy is not None else ""
-    return path, text

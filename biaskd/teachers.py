@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from biaskd import artifacts, config as config_mod
+from biaskd import artifacts
 from biaskd.artifacts import RunDir
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ArtifactError
@@ -44,7 +44,7 @@ def teacher_cache(teacher_run: RunDir, teacher: torch.nn.Module, data: TaskData,
     if split is None or split is data.train:
         split = data.train
     else:
-        name, fp = "fit", config_mod.config_hash({"data": fp, "split": split.fingerprint()}, length=16)
+        name, fp = "fit", artifacts.config_hash({"data": fp, "split": split.fingerprint()}, length=16)
     folder = teacher_run / "teacher_cache"
     paths = {"logits": folder / f"{name}-{fp}.npz"}
     if features:

@@ -98,7 +98,7 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
     # batch order and size from this run's own config (never from a data object shared with another run)
     train_batches = TensorBatches(fit, int(cfg.task.batch_size), shuffle=True, seed=int(cfg.seed),
                                   lengths=data.lengths(fit))
-    data.train_dataloader = lambda: train_batches  # the module re-seeds it per epoch
+    data.fit_on(train_batches)  # what trainer.fit iterates; the module re-seeds it per epoch
     probe = verb_prefix(data.probe) if is_lm(data) else data.probe  # LM: features before the verb
     steps = default_feature_steps(len(train_batches) * int(cfg.trainer.max_epochs), cfg.train.get("feature_steps"))
     loggers = _loggers(cfg, run, meta)

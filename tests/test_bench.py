@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from biaskd import bench
+from biaskd import bench, bench_loops
 from biaskd.data.base import Split, TensorBatches
 from biaskd.models.vision import MLP
 from biaskd.modules.classifier import ClassifierModule
@@ -146,7 +146,7 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
         teacher = MLP(hidden=(16,))
         return split, (lambda: MLP(hidden=(32,))), teacher, 32, None
 
-    monkeypatch.setattr(bench, "scenario_pair", pair)
+    monkeypatch.setattr(bench_loops, "scenario_pair", pair)
     monkeypatch.setattr(bench, "bench_cka", lambda n, d, repeats: {"ratio": 0.1, "fast_s": 0.01, "naive_s": 0.1,
                                                                       "fast": 0.5, "naive": 0.5, "abs_diff": 0.0,
                                                                       "n": n, "d": d})
@@ -193,17 +193,17 @@ def test_round_robin_alternates_the_order_and_pairs_ratios_within_rounds():
     order = []
     calls = {"a": iter([0, 2.0, 4.0, 6.0]), "b": iter([0, 1.0, 1.0, 2.0])}
     contenders = {k: (lambda k=k: order.append(k) or next(calls[k])) for k in calls}
-    out = bench.round_robin(contenders, repeats=3)
+    out = bench_loops.round_robin(contenders, repeats=3)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, round 1, round 2 reversed, round 3
     assert out == {"a": [2.0, 4.0, 6.0], "b": [1.0, 1.0, 2.0]}
-    r = bench.pair_ratio(out["a"], out["b"])
+    r = bench_loops.pair_ratio(out["a"], out["b"])
     assert r["ratio"] == 3.0  # median of 2, 4, 3
     assert r["ratio_of_medians"] == 4.0
 
 
 def test_round_robin_warms_up_with_the_short_version_when_given():
     calls = []
-    out = bench.round_robin({"a": lambda: calls.append("a") or 1.0}, 2,
+    out = bench_loops.round_robin({"a": lambda: calls.append("a") or 1.0}, 2,
                             warmup={"a": lambda: calls.append("a-warm") or 0.0})
     assert calls == ["a-warm", "a", "a"]
     assert out == {"a": [1.0, 1.0]}
@@ -211,18 +211,18 @@ def test_round_robin_warms_up_with_the_short_version_when_given():
 
 def test_round_robin_keeps_neighbours_neighbours():
     order = []
-    bench.round_robin({k: (lambda k=k: order.append(k) or 1.0) for k in "abc"}, repeats=3)
+    bench_loops.round_robin({k: (lambda k=k: order.append(k) or 1.0) for k in "abc"}, repeats=3)
     assert "".join(order) == "abc" + "abc" + "cba" + "abc"  # warm-up, then A B B A
 
 
 def test_measurement_split_takes_a_seeded_subset_only_when_an_epoch_is_longer_than_asked():
     split = _split(100)
     lengths = torch.arange(100)
-    sub, sub_len = bench.measurement_split(split, lengths, 10, 1, 5)
+    sub, sub_len = bench_loops.measurement_split(split, lengths, 10, 1, 5)
     assert len(sub) == 50 and torch.equal(sub_len, sub.ids)  # lengths follow the rows they belong to
-    again, _ = bench.measurement_split(split, lengths, 10, 1, 5)
+    again, _ = bench_loops.measurement_split(split, lengths, 10, 1, 5)
     assert torch.equal(sub.ids, again.ids)
-    whole, whole_len = bench.measurement_split(split, lengths, 10, 1, 20)  # 10 steps an epoch: all of it
+    whole, whole_len = bench_loops.measurement_split(split, lengths, 10, 1, 20)  # 10 steps an epoch: all of it
     assert whole is split and whole_len is lengths
 
 

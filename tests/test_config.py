@@ -46,3 +46,19 @@ def test_model_for_another_input_kind_is_rejected(compose_tiny):
 
 def test_valid_default_config_passes(compose_tiny):
     validate(compose_tiny("distill=cross"))
+
+
+def test_the_distill_modes_are_the_recipe_tables():
+    from biaskd.config import DISTILL_MODES
+    from biaskd.recipes import RECIPES
+
+    assert set(DISTILL_MODES) == {mode for _, mode, _ in RECIPES}
+
+
+def test_checking_a_config_does_not_import_the_training_stack():
+    import subprocess
+    import sys
+
+    code = "import sys, biaskd.config; print(sorted(m for m in ('lightning', 'biaskd.train', 'biaskd.modules.classifier') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -20,6 +20,7 @@ from biaskd.data.build import build_data
 from biaskd.predict import evaluate
 from biaskd.rebuild import load_model
 from biaskd.train import train
+from tiny import TINY_LM as TINY_LM_2_EPOCHS
 
 # modules are called directly here, without a Trainer to log to
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -147,15 +148,7 @@ def test_word_level_kd_is_zero_when_student_is_teacher():
     assert learner.lm_head.weight.grad is not None and student.lm_head.weight.grad is not None
 
 
-TINY_LM = [
-    "task=sva", "task.setup=lm", "task.probe_size=40",
-    "task.grammar.n_train=240", "+task.grammar.n_valid=40", "+task.grammar.n_test=60",
-    "+task.grammar.n_deep=30", "+task.grammar.n_attractors=20", "task.grammar.train_max_depth=2",
-    "+task.grammar.deep_max_depth=3",
-    "model=transformer_seq", "model.d_model=16", "model.nhead=2", "model.num_layers=1",
-    "model.dim_feedforward=32", "model@teacher.model=lstm", "teacher.model.d_model=16",
-    "train.batch_size=32", "train.lr=3e-2", "trainer.max_epochs=3",
-]
+TINY_LM = [*TINY_LM_2_EPOCHS, "trainer.max_epochs=3"]
 
 
 @pytest.mark.slow

@@ -15,19 +15,10 @@ from analysis.similarity import linear_cka
 from analysis.tables import summarize, transfer_table
 from biaskd.artifacts import load_state_dict
 from biaskd.train import train
-from tiny import TINY, compose_cfg
+from tiny import TINY, TINY_LM, compose_cfg
 
 pytestmark = pytest.mark.slow
 
-TINY_LM = [
-    "task=sva", "task.setup=lm", "task.probe_size=40",
-    "task.grammar.n_train=240", "+task.grammar.n_valid=40", "+task.grammar.n_test=60",
-    "+task.grammar.n_deep=30", "+task.grammar.n_attractors=20", "task.grammar.train_max_depth=2",
-    "+task.grammar.deep_max_depth=3",
-    "model=transformer_seq", "model.d_model=16", "model.nhead=2", "model.num_layers=1",
-    "model.dim_feedforward=32", "model@teacher.model=lstm", "teacher.model.d_model=16",
-    "train.batch_size=32", "train.lr=3e-2", "trainer.max_epochs=2",
-]
 PINNED_METRICS = ("accuracy", "loss", "ece")
 
 

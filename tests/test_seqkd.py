@@ -408,9 +408,7 @@ def test_generated_sequences_are_cached_shared_by_mix_and_recomputed_when_stale(
 
 
 # -- config ----------------------------------------------------------------------------------------------
-from test_lm import TINY_LM as _LM_RUN  # noqa: E402  (the tiny LM task and models of test_lm)
-
-TINY_LM = [o for o in _LM_RUN if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=2"]
+from tiny import TINY_LM  # noqa: E402  (the tiny LM task and models)
 
 
 def test_seqkd_config_validates_in_the_lm_setup_only(compose_tiny, tmp_path):

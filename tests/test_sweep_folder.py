@@ -78,3 +78,25 @@ def test_report_on_the_sweep_folder_with_a_wandb_analysis_run(sweep):
 
 def test_durations_read_as_a_person_writes_them():
     assert [duration(s) for s in (0.42, 12.4, 185, 3720)] == ["0.4s", "12s", "3m05s", "1h02m"]
+
+
+def test_the_summary_callback_writes_the_summary_it_is_given_and_the_run_list_without_one(tmp_path):
+    from biaskd import sweep
+    from biaskd.cli import SummaryCallback
+
+    run_dir = tmp_path / "runs" / "a-run"
+    sweep.record_job(tmp_path / "sweep" / "0", run_dir)
+    given = SummaryCallback(summarize=f"{__name__}._record_call")
+    _CALLS[:] = []
+    assert given._summarize(tmp_path / "sweep", failed=1) == ("summary.md", "table")
+    assert _CALLS == [(tmp_path / "sweep", 1)] and not (tmp_path / "sweep" / sweep.RUNS_FILE).exists()
+    assert SummaryCallback()._summarize(tmp_path / "sweep", failed=0) is None  # the config names none
+    assert (tmp_path / "sweep" / sweep.RUNS_FILE).read_text() == "../runs/a-run\n"
+
+
+_CALLS: list = []  # what _record_call, a summary function named by its dotted path, was called with
+
+
+def _record_call(sweep_dir, failed=0):
+    _CALLS.append((sweep_dir, failed))
+    return "summary.md", "table"

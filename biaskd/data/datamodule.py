@@ -20,6 +20,9 @@ class TaskData(L.LightningDataModule):
     task: str = "task"
     #: ``image`` or ``tokens``; models check that they get what they expect
     input_kind: str = "image"
+    #: the batches a run trains on (its training split, batch size and seed), set per run by
+    #: :meth:`fit_on`; None: the task's training split in batches of ``batch_size``
+    fit_batches: TensorBatches | None = None
 
     def __init__(
         self,
@@ -61,7 +64,14 @@ class TaskData(L.LightningDataModule):
             return None
         return (split.x != PAD_ID).sum(1)
 
+    def fit_on(self, batches: TensorBatches) -> None:
+        """Train on ``batches`` from now on: what ``trainer.fit(..., datamodule=self)`` iterates
+        (the run's module re-seeds them every epoch)."""
+        self.fit_batches = batches
+
     def train_dataloader(self) -> TensorBatches:
+        if self.fit_batches is not None:
+            return self.fit_batches
         self.setup()
         return TensorBatches(
             self.train, self.batch_size, shuffle=True, seed=self.seed, lengths=self.lengths(self.train)

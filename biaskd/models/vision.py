@@ -1,8 +1,9 @@
 """Vision models for the MNIST scenario: a CNN (translation-equivariant convolutions and
 pooling, the inductive bias under study) and an MLP (none of it).
 
-Both expose ``features(x)`` — the penultimate representation that analysis compares across
-models — and ``forward(x) = head(features(x))``; ``features_and_logits(x)`` returns both from one pass.
+All expose (through :class:`ImageClassifier`) ``features(x)`` — the penultimate representation
+that analysis compares across models — and ``forward(x) = head(features(x))``;
+``features_and_logits(x)`` returns both from one pass.
 """
 from __future__ import annotations
 
@@ -12,9 +13,29 @@ import torch
 from torch import nn
 
 
-class MLP(nn.Module):
-    input_kind = "image"
+class ImageClassifier(nn.Module):
+    """An encoder and a linear head: ``features(x) = encoder(x)``, ``forward(x) =
+    head(features(x))``. A subclass builds its layers (``encoder``, ``head``, ``feature_dim``) in
+    ``__init__``, after ``super().__init__()``, or names its encoder's parts itself and overrides
+    ``features``; the attribute names are its state-dict keys, their order the order of init."""
 
+    input_kind = "image"
+    encoder: nn.Module
+    head: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features(x), forward(x))`` from one pass, for objectives that read both."""
+        f = self.features(x)
+        return f, self.head(f)
+
+
+class MLP(ImageClassifier):
     def __init__(
         self,
         num_classes: int = 10,
@@ -38,21 +59,8 @@ class MLP(nn.Module):
         self.head = nn.Linear(width, num_classes)
         self.feature_dim = width
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(features(x), forward(x))`` from one pass, for objectives that read both."""
-        f = self.features(x)
-        return f, self.head(f)
-
-
-class CNN(nn.Module):
-    input_kind = "image"
-
+class CNN(ImageClassifier):
     def __init__(
         self,
         num_classes: int = 10,
@@ -79,18 +87,10 @@ class CNN(nn.Module):
         self.feature_dim = hidden
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(features(x), forward(x))`` from one pass, for objectives that read both."""
-        f = self.features(x)
-        return f, self.head(f)
+        return self.fc(self.conv(x))  # its encoder in two parts (state-dict keys conv.*, fc.*)
 
 
-class GlobalPoolCNN(nn.Module):
+class GlobalPoolCNN(ImageClassifier):
     """A CNN whose features are globally max-pooled over positions (``cnn_gp``).
 
     Where :class:`CNN` flattens its last feature map into a fully connected layer — so its
@@ -102,8 +102,6 @@ class GlobalPoolCNN(nn.Module):
     Every conv but the last is followed by 2×2 max pooling; ``features(x)`` is the pooled
     vector (one value per channel of the last conv), and the head is linear on it.
     """
-
-    input_kind = "image"
 
     def __init__(
         self,
@@ -133,14 +131,3 @@ class GlobalPoolCNN(nn.Module):
         self.encoder = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, num_classes)
         self.feature_dim = c_in
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(features(x), forward(x))`` from one pass, for objectives that read both."""
-        f = self.features(x)
-        return f, self.head(f)

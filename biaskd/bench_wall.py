@@ -1,0 +1,83 @@
+"""Wall times beside the throughput ratios of :mod:`biaskd.bench`: linear CKA against its n x n
+Gram reference (:mod:`biaskd.measures`), the README's main job from the command line, and where
+a 100-epoch MNIST student's wall time goes, phase by phase (the end-to-end breakdown).
+"""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def bench_cka(n: int, d: int, repeats: int) -> dict:
+    from biaskd.measures import linear_cka, linear_cka_gram
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    y = (x @ rng.standard_normal((d, d)).astype(np.float32) + rng.standard_normal((n, d)).astype(np.float32))
+    fast_t, naive_t = [], []
+    fast = naive = None
+    for _ in range(repeats):
+        t = time.perf_counter(); fast = linear_cka(x, y); fast_t.append(time.perf_counter() - t)
+        t = time.perf_counter(); naive = linear_cka_gram(x, y); naive_t.append(time.perf_counter() - t)
+    return {"ratio": statistics.median(fast_t) / statistics.median(naive_t), "fast_s": statistics.median(fast_t),
+            "naive_s": statistics.median(naive_t), "fast": float(fast), "naive": float(naive),
+            "abs_diff": abs(float(fast) - float(naive)), "n": n, "d": d}
+
+
+def main_job_wall_time() -> float:
+    with tempfile.TemporaryDirectory() as runs:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "biaskd.cli", "-m", "experiment=mnist_main", f"runs_dir={runs}",
+                        "trainer.enable_progress_bar=false"], check=True, capture_output=True)
+        return time.perf_counter() - start
+
+
+def end_to_end(epochs: int = 100, seeds: tuple[int, ...] = (1, 2)) -> dict:
+    """Where a v2 MNIST student's wall time goes (``experiment=mnist_v2``, independent MLP,
+    ``epochs`` epochs, 21 eval splits, one thread): the process's imports (timed in a fresh
+    interpreter), then per run the phases the driver records (``metrics.json``
+    ``train.phases_s``). The first run builds the data (20 OOD splits); the next ones, as in a
+    sweep's later jobs in one process, reuse it."""
+    from hydra import compose, initialize_config_dir
+
+    from biaskd.cli import CONF_DIR
+    from biaskd.train import train
+
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import biaskd.train"], check=True, capture_output=True)
+    imports = time.perf_counter() - t
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for seed in seeds:
+            cfg = compose("config", overrides=["experiment=mnist_v2", "distill=none", f"trainer.max_epochs={epochs}",
+                                               f"seed={seed}", f"runs_dir={tmp}", "threads=1",
+                                               "trainer.enable_progress_bar=false"])
+            t = time.perf_counter()
+            run = train(cfg)
+            total = time.perf_counter() - t
+            phases = run.metrics["train"]["phases_s"]
+            runs.append({"seed": seed, "total_s": total, "phases_s": phases,
+                         "fit_share": phases["fit"] / total,
+                         "fit_share_with_imports": phases["fit"] / (total + (imports if not runs else 0.0))})
+    return {"epochs": epochs, "imports_s": imports, "runs": runs}
+
+
+def format_end_to_end(e: dict) -> str:
+    order = [k for k in ("data", "teacher", "setup", "fit", "evaluate", "features", "teacher_measures")
+             if k in e["runs"][0]["phases_s"]]
+    lines = [f"\n## Where a {e['epochs']}-epoch MNIST student's wall time goes\n",
+             f"`experiment=mnist_v2 distill=none trainer.max_epochs={e['epochs']} threads=1`; importing the "
+             f"training stack takes {e['imports_s']:.1f} s once per process.\n",
+             "| run | total (s) | " + " | ".join(order) + " | training loop (fit) share |",
+             "|---|---|" + "---|" * len(order) + "---|"]
+    for i, r in enumerate(e["runs"]):
+        what = "first in its process (builds the data; + imports)" if i == 0 else "next in the same process"
+        share = r["fit_share_with_imports"] if i == 0 else r["fit_share"]
+        lines.append(f"| {what} | {r['total_s'] + (e['imports_s'] if i == 0 else 0):.1f} | "
+                     + " | ".join(f"{r['phases_s'][k]:.1f}" for k in order) + f" | {share:.0%} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,173 @@
+"""The shape of the code, read from the sources with ``ast`` (nothing is imported or run).
+
+* Training code (``biaskd``) never imports the analysis: the dependency runs one way,
+  analysis -> biaskd, and the analysis reaches the training stack only through a few plain
+  modules (``ANALYSIS_MAY_IMPORT``).
+* No import cycle among the modules of both packages, imports inside functions included (those
+  put off an import until it is needed, e.g. the recipes' training stack or the CLI's driver;
+  they may not close a cycle either).
+* No source file longer than ``MAX_LINES`` unless its opening line says why.
+* The README's Layout section names every module file of both packages, and no other.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("biaskd", "analysis")
+
+#: the biaskd modules analysis may import: errors, the run-dir format and its reader, metric
+#: and measure definitions, the sweep folder's format, the rebuild of a finished run (the one
+#: way into models and data), OOD transform names, optional extras and the W&B mode
+ANALYSIS_MAY_IMPORT = {
+    "biaskd", "biaskd.errors", "biaskd.schema", "biaskd.artifacts", "biaskd.metrics", "biaskd.measures",
+    "biaskd.sweep", "biaskd.rebuild", "biaskd.data.ood", "biaskd.extras", "biaskd.wandb_logging",
+}
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of both packages."""
+    mods = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return mods
+
+
+def imported_names(path: Path, module: str) -> set[str]:
+    """Every module name an ``import`` in the file names (at any depth: inside functions too);
+    ``from pkg import name`` counts as ``pkg.name``, which :func:`import_graph` resolves."""
+    names = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the file's package upwards
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (each name resolved to its longest module prefix)."""
+    mods = module_files()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for mod, path in mods.items():
+        deps = {resolve(n) for n in imported_names(path, mod)} - {None, mod}
+        graph[mod] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_graph_sees_imports_inside_functions():
+    graph = import_graph()
+    assert "biaskd.rebuild" in graph["analysis.basins"]  # imported inside a function there
+    assert "biaskd.train" in graph["biaskd.cli"]  # likewise
+
+
+def test_training_code_never_imports_the_analysis():
+    offenders = sorted(f"{mod} imports {dep}" for mod, deps in import_graph().items() if mod.startswith("biaskd")
+                       for dep in deps if dep.split(".")[0] == "analysis")
+    assert not offenders, offenders
+
+
+def test_analysis_reaches_training_code_only_through_plain_modules():
+    offenders = sorted(f"{mod} imports {dep}" for mod, deps in import_graph().items()
+                       if mod.startswith("analysis") for dep in deps
+                       if dep.split(".")[0] == "biaskd" and dep not in ANALYSIS_MAY_IMPORT)
+    assert not offenders, offenders
+
+
+def test_no_import_cycle_among_the_modules():
+    assert find_cycle(import_graph()) is None, " -> ".join(find_cycle(import_graph()))
+
+
+@pytest.mark.parametrize("graph, cycle", [
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+    ({"a": {"b"}, "b": set(), "c": {"a", "b"}}, None),
+])
+def test_find_cycle(graph, cycle):
+    assert find_cycle(graph) == cycle
+
+
+#: longest a source file may be; a longer one says why in its opening line (with this phrase)
+MAX_LINES = 500
+KEPT_WHOLE = "kept in one file"
+
+
+def test_no_source_file_is_longer_than_the_limit_without_saying_why():
+    long = []
+    for path in module_files().values():
+        lines = path.read_text().splitlines()
+        if len(lines) > MAX_LINES and not (lines and KEPT_WHOLE in lines[0]):
+            long.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
+    assert not long, long
+
+
+def layout_section() -> dict[str, str]:
+    """The README's ``## Layout`` block, its text by top-level folder (``biaskd``, ``analysis``, ...)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    parts: dict[str, str] = {}
+    folder = None
+    for line in block.splitlines():
+        head = line.split(" ", 1)[0]
+        if head.endswith("/") and not line.startswith(" "):
+            folder = head.rstrip("/")
+        if folder:
+            parts[folder] = parts.get(folder, "") + line + "\n"
+    return parts
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_readme_layout_names_every_module_of_the_package(package):
+    import re
+
+    text = layout_section()[package]
+    named = set(re.findall(r"\b([a-z_][a-z0-9_]*\.py)\b", text))
+    files = {p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"}
+    assert not files - named, f"in {package}/ but not in the README's Layout: {sorted(files - named)}"
+    assert not named - files, f"in the README's Layout under {package}/ but not there: {sorted(named - files)}"
+    subpackages = {p.parent.name for p in (ROOT / package).glob("*/__init__.py")}
+    missing = {d for d in subpackages if not re.search(rf"\b{d}/", text)}
+    assert not missing, f"subpackages of {package}/ the README's Layout does not name: {sorted(missing)}"
