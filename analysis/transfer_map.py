@@ -25,11 +25,14 @@ import pandas as pd
 from analysis.agreement import agreement_metrics
 from analysis.bias import attractor_drop_table, shift_consistency_table
 from analysis.runs import Run, find_runs
-from analysis.tables import mean_ci, paired_test, split_severity
+from analysis.tables import mean_ci, paired_test, split_severity, transfer_ratio
 
 MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "metric",
                "n_seeds", "m_kd", "m_indep", "m_self", "m_teacher", "diff_vs_independent", "ci_half_width",
-               "p_value", "diff_vs_self", "self_ci_half_width", "p_value_vs_self", "transferred_share", "seeds"]
+               "p_value", "diff_vs_self", "self_ci_half_width", "p_value_vs_self", "teacher_gap", "transferred_share",
+               "seeds"]
+#: the smallest teacher - independent gap (in the metric's units) a transferred share is given for
+MIN_SHARE_GAP = 0.05
 
 #: what each metric means, in the order tables list them
 METRICS = {
@@ -180,7 +183,8 @@ def transfer_map(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def compare_cell(values: dict[str, dict[int, float]]) -> dict:
     """One cell's comparison from per-seed values ``{"kd"|"indep"|"self"|"teacher": {seed: v}}``:
     the distilled student minus the independent and the self-distilled one, paired by seed, and
-    the transferred share of the teacher-independent gap (ratio of the seed means)."""
+    the transferred share of the teacher-independent gap (ratio of the seed means; empty when
+    the gap is under :data:`MIN_SHARE_GAP`, where the ratio would be noise over a small number)."""
     vs_indep, vs_self = paired_test(values.get("kd", {}), values.get("indep", {})), \
         paired_test(values.get("kd", {}), values.get("self", {}))
     m = {role: _mean(values.get(role, {}).values()) for role in ("kd", "indep", "self", "teacher")}
@@ -190,7 +194,7 @@ def compare_cell(values: dict[str, dict[int, float]]) -> dict:
             "ci_half_width": vs_indep["diff_half_width"], "p_value": vs_indep["p_ttest"],
             "diff_vs_self": vs_self["mean_diff"], "self_ci_half_width": vs_self["diff_half_width"],
             "p_value_vs_self": vs_self["p_ttest"],
-            "transferred_share": (m["kd"] - m["indep"]) / gap if abs(gap) > 1e-9 else math.nan,
+            "teacher_gap": gap, "transferred_share": transfer_ratio(m["kd"], m["indep"], m["teacher"], MIN_SHARE_GAP),
             "seeds": vs_indep["seeds"]}
 
 

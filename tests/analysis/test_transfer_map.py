@@ -29,6 +29,11 @@ def test_share_is_nan_without_a_gap_and_pairs_only_common_seeds():
     row = compare_cell({"kd": {1: 0.5, 2: 0.6, 3: 0.9}, "indep": {1: 0.5, 2: 0.5}, "teacher": {1: 0.5, 2: 0.5}})
     assert math.isnan(row["transferred_share"])
     assert row["n_seeds"] == 2 and row["diff_vs_independent"] == pytest.approx(0.05)
+    # a gap under MIN_SHARE_GAP (0.05) gets no share: -0.04 / 0.01 = -4 would be noise
+    row = compare_cell({"kd": {1: 0.86, 2: 0.88}, "indep": {1: 0.9, 2: 0.92}, "teacher": {1: 0.91, 2: 0.93}})
+    assert row["teacher_gap"] == pytest.approx(0.01) and math.isnan(row["transferred_share"])
+    row = compare_cell({"kd": {1: 0.5, 2: 0.5}, "indep": {1: 0.4, 2: 0.4}, "teacher": {1: 0.46, 2: 0.46}})
+    assert row["transferred_share"] == pytest.approx(0.1 / 0.06)
 
 
 def test_holm_by_hand():
