@@ -286,7 +286,7 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
                            for d, h, s in zip(f["diff_vs_independent"], f["ci_half_width"], f["transferred_share"])]
                      ).pivot(index="row", columns="col", values="note")
     lim = max(0.01, float(np.nanmax(np.abs(grid.to_numpy()))))
-    fig, ax = plt.subplots(figsize=(1.9 * grid.shape[1] + 2.5, 0.95 * grid.shape[0] + 1.6))
+    fig, ax = plt.subplots(figsize=(max(1.9 * grid.shape[1] + 2.5, 6.5), 0.95 * grid.shape[0] + 1.6))  # room for the title
     sns.heatmap(grid, annot=notes.loc[grid.index, grid.columns], fmt="", cmap="RdBu", center=0, vmin=-lim, vmax=lim,
                 cbar_kws={"label": "Δ vs independent (paired by seed)"}, ax=ax, annot_kws={"fontsize": 8})
     ax.set_xlabel("student epochs, transfer inputs N")
