@@ -101,7 +101,7 @@ def _fmt(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m biaskd.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats; skip the main-job wall time")
     ap.add_argument("--scenarios", default="mnist,sva")
     ap.add_argument("--out", default=str(REPO / "results"))
