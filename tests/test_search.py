@@ -95,3 +95,12 @@ def test_an_optuna_search_returns_each_runs_validation_metric_and_keeps_the_best
     assert math.isclose(result["best_value"], max(finals.values()), rel_tol=0, abs_tol=1e-12)
     assert finals[result["best_params"]["train.lr"]] == max(finals.values())
     assert out.stdout.count("valid/acc=") == 3  # one line per trial says its objective
+    # the trials as a table: the settings each job got, its objective and the best one marked
+    from analysis.search import trials
+
+    table = trials(next(runs.glob("_hydra/*/optimization_results.yaml")).parent)
+    assert list(table["trial"]) == [0, 1, 2]
+    assert {lr: v for lr, v in zip(table["train.lr"], table["value"])} == finals
+    best = table[table["best"]]
+    assert len(best) >= 1 and (best["value"] == max(finals.values())).all()
+    assert set(table["objective"]) == {"valid/acc"} and "acc_test" in table

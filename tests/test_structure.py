@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("biaskd", "analysis")
 
 #: the biaskd modules analysis may import: errors, the run-dir format and its reader, metric
-#: and measure definitions, the sweep folder's format, the rebuild of a finished run (the one
+#: and measure definitions, the sweep folder's format and a search's objective, the rebuild of a finished run (the one
 #: way into models and data), OOD transform names, optional extras and the W&B mode
 ANALYSIS_MAY_IMPORT = {
     "biaskd", "biaskd.errors", "biaskd.schema", "biaskd.artifacts", "biaskd.metrics", "biaskd.measures",
-    "biaskd.sweep", "biaskd.rebuild", "biaskd.data.ood", "biaskd.extras", "biaskd.wandb_logging",
+    "biaskd.sweep", "biaskd.rebuild", "biaskd.data.ood", "biaskd.extras", "biaskd.wandb_logging", "biaskd.search",
 }
 
 
