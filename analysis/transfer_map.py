@@ -349,8 +349,15 @@ def teacher_bias_figure(bias: pd.DataFrame, path: Path) -> Path | None:
     panels = [("vision", "accuracy", "shift c (px)"), ("vision", "consistency", "shift c (px)")]
     panels += [(s, "accuracy", "attractors") for s in LANGUAGE_SCENARIOS.values()]
     panels = [p for p in panels if not bias[(bias["scenario"] == p[0]) & (bias["measure"] == p[1])].empty]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5))
-    for ax, (scenario, measure, xlabel) in zip(np.atleast_1d(axes), panels):
+    from matplotlib.ticker import MaxNLocator
+
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.5 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (scenario, measure, xlabel) in zip(axes.flat, panels):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         f = bias[(bias["scenario"] == scenario) & (bias["measure"] == measure)]
         s = summarize_over_seeds(f, ["model", "x"])
         for i, (model, g) in enumerate(s.groupby("model")):
