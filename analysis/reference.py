@@ -329,4 +329,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from analysis.command import run
+
+    sys.exit(run(main))

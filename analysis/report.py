@@ -210,4 +210,6 @@ def _experiment_group(out: Path) -> str | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from analysis.command import run
+
+    sys.exit(run(main))

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import pandas as pd
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.runs import load_run
 from biaskd.errors import ArtifactError
@@ -22,16 +23,6 @@ from biaskd.search import last_logged
 from biaskd.sweep import RUN_FILE
 
 RESULTS = "optimization_results.yaml"  # the Optuna sweeper's summary in the sweep folder
-
-
-def _value(text: str):
-    """An override's value as Hydra reads it: a number (``1e-05`` too), else YAML (``cosine``)."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
 
 
 def _job_number(job: Path) -> int:
@@ -47,13 +38,14 @@ def trials(sweep: str | Path) -> pd.DataFrame:
                             "(biaskd -m hparams_search=...)")
     summary = yaml.safe_load(results.read_text())
     searched = list(summary["best_params"])
-    rows = []
+    rows, parser = [], OverridesParser.create()
     for job in sorted((j for j in sweep.iterdir() if (j / RUN_FILE).is_file()), key=_job_number):
         config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-        chosen = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        chosen = {o.key_or_group: o.value() for o in parser.parse_overrides(overrides)}  # as Hydra read them
         run = load_run((job / RUN_FILE).read_text().strip())
         metric = config["optimized_metric"]
-        row = {"trial": _job_number(job), **{k: _value(chosen[k]) for k in searched if k in chosen},
+        row = {"trial": _job_number(job), **{k: chosen[k] for k in searched if k in chosen},
                "objective": metric, "value": last_logged(run.path, metric)}
         row.update({f"acc_{s}": run.metric(s, "accuracy") for s in sorted(run.splits)})
         attractors = [row[f"acc_attractors_{k}"] for k in (1, 2, 3, 4) if f"acc_attractors_{k}" in row]
@@ -80,4 +72,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from analysis.command import run
+
+    sys.exit(run(main))

@@ -174,6 +174,10 @@ def main() -> None:
     except Exception as exc:
         from hydra.errors import CompactHydraException
 
+        if _state["failed"] and not _verbose():  # a sweeper (e.g. Optuna's) gave up on failed jobs
+            print(f"error: the sweep stopped after {_state['failed']} failed job(s) (the [job failed] lines above): "
+                  f"{describe(exc)}", file=sys.stderr)
+            sys.exit(ERROR_EXIT)
         if _verbose() or (_state["started"] and not isinstance(exc, CompactHydraException)):
             raise  # a bug: its traceback
         from biaskd.extras import hint_for

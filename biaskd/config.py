@@ -18,6 +18,7 @@ from biaskd.artifacts import config_hash
 from biaskd.data import transfer
 from biaskd.errors import ConfigError
 from biaskd.recipes import DISTILL_MODES  # the modes some recipe trains: the recipe table is their one list
+from biaskd.search import VALIDATION_METRICS
 TEACHER_OUTPUTS = ("cached", "forward", "online")
 ALPHA_SCHEDULES = ("constant", "linear", "exponential")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -94,6 +95,8 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "train.lr_schedule") is not None:
         _choice(cfg, "train.lr_schedule", LR_SCHEDULES)
     _check_ood(cfg)
+    if cfg.get("optimized_metric") is not None:  # a search reads the validation split, never an eval split
+        _choice(cfg, "optimized_metric", VALIDATION_METRICS)
     if OmegaConf.select(cfg, "logger.wandb.enabled", default=False):
         from biaskd import extras
 

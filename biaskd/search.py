@@ -1,7 +1,7 @@
 """What a run returns to a Hydra sweeper that searches hyperparameters (the Optuna sweeper).
 
-With ``optimized_metric=valid/loss`` (any column of the run's ``logs/metrics.csv``: ``valid/loss``,
-``valid/acc``), a job returns that column's last logged value, the one after the final epoch.
+With ``optimized_metric=valid/loss`` (or ``valid/acc``: :data:`VALIDATION_METRICS`), a job
+returns that column's last value in the run's ``logs/metrics.csv``, the one after the final epoch.
 Searches choose settings on the validation split; the recipes are in ``conf/hparams_search/``.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from biaskd.errors import ArtifactError, ConfigError
 
 #: the run's per-epoch log, relative to its run dir
 LOG = Path("logs") / "metrics.csv"
+#: what a search may optimise: the validation columns every training module logs each epoch
+VALIDATION_METRICS = ("valid/loss", "valid/acc")
 
 
 def last_logged(run_path: str | Path, metric: str) -> float:

@@ -104,3 +104,36 @@ def test_an_optuna_search_returns_each_runs_validation_metric_and_keeps_the_best
     best = table[table["best"]]
     assert len(best) >= 1 and (best["value"] == max(finals.values())).all()
     assert set(table["objective"]) == {"valid/acc"} and "acc_test" in table
+
+
+def test_a_search_metric_that_is_not_a_validation_column_is_refused_before_training(compose_tiny):
+    from biaskd.config import check
+
+    with pytest.raises(ConfigError, match=r"config key 'optimized_metric' must be one of valid/loss, valid/acc; "
+                                          r"got 'attractors_4/accuracy'"):
+        check(compose_tiny("+optimized_metric=attractors_4/accuracy"))
+    check(compose_tiny("+optimized_metric=valid/loss"))
+
+
+def test_a_search_whose_every_trial_fails_ends_with_one_line_and_status_2(tmp_path):
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "tiny.yaml").write_text(TINY_SEARCH.replace("n_trials: 3", "n_trials: 2"))
+    cmd = [sys.executable, "-m", "biaskd.cli", "-m", "hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+           "optimized_metric=valid/los", f"runs_dir={tmp_path / 'runs'}", "trainer.enable_progress_bar=false"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="offline"), timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    failed = [line for line in out.stderr.splitlines() if line.startswith("[job failed]")]
+    assert len(failed) == 2 and all(line.endswith("got 'valid/los'") for line in failed)
+    assert out.stderr.strip().splitlines()[-1].startswith("error: the sweep stopped after 2 failed job(s)")
+    assert not (tmp_path / "runs" / "search").exists()  # refused before anything trained
+
+
+def test_analysis_search_on_a_folder_that_is_no_search_says_so_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "analysis.search", str(tmp_path), "--out", str(tmp_path / "t.csv")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"error: ArtifactError: {tmp_path}/optimization_results.yaml: missing; {tmp_path} "
+                                  "is not the folder of a finished search (biaskd -m hparams_search=...)")
+    assert not (tmp_path / "t.csv").exists()
