@@ -31,11 +31,13 @@ TEACHER_PROTOCOL = 2
 # keys that do not change what is computed (where things live, how it is displayed)
 _NOT_IDENTITY = {
     "runs_dir", "data_dir", "logger", "experiment_name", "threads", "hydra", "summary", "repair", "sweep_note",
-    "optimized_metric",
+    "optimized_metric", "scenario",
 }
 _NOT_IDENTITY_NESTED = {
     "trainer": {"enable_progress_bar", "log_every_n_steps", "enable_model_summary"},
-    "task": {"data_dir", "download", "eval_batch_size"},
+    # train_source / train_size: the data fingerprint already says which digits a run trained on,
+    # and leaving them out keeps the identity of runs made before they were options
+    "task": {"data_dir", "download", "eval_batch_size", "train_source", "train_size"},
     "teacher": {"compare"},  # what a finished run is compared with, not how it trains
 }
 

@@ -14,6 +14,10 @@ class DataFormatError(BiaskdError, ValueError):
     """A data file is malformed (wrong magic number, truncated, bad line, ...)."""
 
 
+class MissingDataError(BiaskdError, FileNotFoundError):
+    """A data file or folder the config asks for is not there (names the path and the key)."""
+
+
 class ChecksumError(DataFormatError):
     """A downloaded or local file does not match its expected checksum."""
 

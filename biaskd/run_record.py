@@ -113,6 +113,7 @@ def run_meta(cfg: DictConfig, data: TaskData, run: RunDir, teacher_run: RunDir |
         "config_hash": digest,
         "data_fingerprint": data.fingerprint(),
         "experiment": str(cfg.experiment_name),
+        "scenario": cfg.get("scenario"),
         "num_classes": int(data.num_classes),
         "eval_splits": sorted(data.evals),
         "probe": {"split": data.probe_split, "n": int(len(data.probe))},

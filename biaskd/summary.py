@@ -26,6 +26,17 @@ def run_label(meta: dict) -> str:
     return f"{meta['model']} {mode}-distilled from {meta.get('teacher_model')}{how}"
 
 
+def data_label(meta: dict) -> str:
+    """What a run trained on, from its meta.json: ``4,500 embedded training examples``."""
+    data = meta.get("data") or {}
+    n = (data.get("sizes") or {}).get("train")
+    source = data.get("source")
+    kind = source.get("train_source") if isinstance(source, dict) else source
+    if n is None:
+        return ""
+    return f"{n:,} {kind} training examples" if kind else f"{n:,} training examples"
+
+
 def _finished(run: RunDir) -> float:
     return (run.path / "COMPLETE").stat().st_mtime
 
@@ -56,6 +67,8 @@ def summary_line(run: RunDir, since: float | None = None) -> str:
         teacher = teacher_trained_since(run, since) if since is not None else None
         if teacher is not None:
             when += f"; its teacher {teacher.meta['model']} in {duration(teacher.metrics['train']['wall_time_s'])}"
+    if data_label(meta):
+        when += f"; {data_label(meta)}"
     return f"[{run_label(meta)} seed={meta['seed']}] {accs} ({when}) -> {run.path}"
 
 

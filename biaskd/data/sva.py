@@ -17,7 +17,7 @@ import torch
 from biaskd.data import grammar as grammar_mod
 from biaskd.data.base import PAD_ID, Split
 from biaskd.data.datamodule import TaskData
-from biaskd.errors import ConfigError, DataFormatError
+from biaskd.errors import ConfigError, DataFormatError, MissingDataError
 
 from biaskd.data.sva_examples import (  # noqa: F401  (the readers' names, as this module always offered them)
     LABEL_NAMES,
@@ -240,7 +240,7 @@ class SVAData(TaskData):
         d = self._linzen_dir()
         val_path = d / "numpred.val"
         if not val_path.exists():
-            raise FileNotFoundError(f"{val_path} not found (sva source 'linzen' needs numpred.val in data_dir)")
+            raise MissingDataError(f"{val_path} not found (sva source 'linzen' needs numpred.val in data_dir)")
         pool = read_numpred(val_path)
         f_train = 1 - self.valid_fraction - self.test_fraction
         train, valid, test = _grouped_partition(
@@ -253,7 +253,7 @@ class SVAData(TaskData):
         for k in sorted(set(self.attractor_counts) | set(pool_files)):
             p = d / f"numpred.test.{k}"
             if not p.exists():
-                raise FileNotFoundError(f"{p} not found (sva source 'linzen' evaluates on numpred.test.{k})")
+                raise MissingDataError(f"{p} not found (sva source 'linzen' evaluates on numpred.test.{k})")
             examples = read_numpred(p, attractors=k)
             if k in pool_files:  # reserve a seeded part (whole prefixes) as transfer inputs
                 f = self.transfer_pool["fraction"]
@@ -279,7 +279,7 @@ class SVAData(TaskData):
                 if path is not None:
                     break
         if path is None or not path.exists():
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"{LINZEN_TSV_NAME} not found in {self.data_dir} (get it with biaskd.data.sva.download_linzen_tsv)"
             )
         pool = read_linzen_tsv(path, keep_sentence=False)  # the LM setup uses number tokens here
