@@ -3,7 +3,10 @@
     python -m biaskd.rerun RUN_DIR --runs-dir DIR [--data-dir D]
 
 Works for teachers and students (a student's teacher is trained anew under ``DIR/teachers``).
-The new run dir is printed on the last line; on a CPU its tensors equal the original's.
+The new run is then compared with the original (:func:`biaskd.reproduce.compare_runs`): bit for bit
+where both were made on machines with one signature, else within the cross-machine tolerances; one
+line says which check it was and how it went (exit status 1 if the runs differ). The new run dir
+is printed on the last line.
 """
 from __future__ import annotations
 
@@ -41,13 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", required=True, help="the runs folder to train into (not the run's own)")
     parser.add_argument("--data-dir", default=None, help="data folder, if not where the original run found it")
     args = parser.parse_args(argv)
+    from biaskd.artifacts import RunDir
+    from biaskd.reproduce import compare_runs
+
     try:
         run = rerun(args.run_dir, args.runs_dir, args.data_dir)
+        result = compare_runs(run, RunDir(args.run_dir))
     except BiaskdError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    print(f"{run.path.name} vs {args.run_dir}: {result.line()}")
     print(run.path)
-    return 0
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from biaskd.data import transfer as transfer_mod
 from biaskd.data.build import absolute
 from biaskd.data.datamodule import TaskData
 from biaskd.objectives import objective_options
+from biaskd.reproduce import machine_signature
 
 
 def run_name(cfg: DictConfig, digest: str) -> str:
@@ -118,6 +119,7 @@ def run_meta(cfg: DictConfig, data: TaskData, run: RunDir, teacher_run: RunDir |
         "eval_splits": sorted(data.evals),
         "probe": {"split": data.probe_split, "n": int(len(data.probe))},
         "versions": _versions(),
+        "machine": machine_signature(),  # what decides the floating-point bits (biaskd.reproduce)
         "git_commit": _git_commit(),
         "started": artifacts.now(),
     }
