@@ -12,7 +12,8 @@ teacher's soft targets actually carried. Array functions do the arithmetic; the 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -231,3 +232,171 @@ def bias_frame(runs: Run | Iterable[Run], clean_split: str = "test") -> pd.DataF
     frame["seed"] = frame["seed"].astype("Int64")
     frame["value"] = frame["value"].astype(float)
     return frame
+
+
+# -- bias measures: what a scenario's declaration (biaskd.scenario) names ---------------------------
+def _mean(values: Iterable[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _family_mean(accuracy: dict[str, float], family: str) -> float:
+    return _mean(v for s, v in accuracy.items() if split_severity(s)[0] == family)
+
+
+def agreement_with(run: Run, teacher: Run | None, splits: Sequence[str], column: str = "top1_agreement") -> float:
+    """Mean over ``splits`` (those both runs saved) of an :func:`analysis.agreement.agreement_metrics`
+    column between ``run`` and ``teacher``; NaN without a teacher, 1 (or 0 for JS) for the teacher
+    itself."""
+    from analysis.agreement import agreement_metrics
+
+    if teacher is None:
+        return math.nan
+    if teacher.path == run.path:
+        return 0.0 if column == "js_divergence" else 1.0
+    have = set(run.output_splits()) & set(teacher.output_splits())
+    return _mean(agreement_metrics(run.outputs(s), teacher.outputs(s))[column] for s in splits if s in have)
+
+
+def probe_cka(run: Run, teacher: Run | None) -> float:
+    """Linear CKA of the run's and the teacher's final probe-set features (NaN without a teacher
+    or when their probe sets differ)."""
+    from analysis.similarity import linear_cka
+
+    if teacher is None:
+        return math.nan
+    if teacher.path == run.path:
+        return 1.0
+    a, b = run.features(), teacher.features()
+    if a.ids.shape != b.ids.shape or not np.array_equal(a.ids, b.ids):
+        return math.nan
+    return float(linear_cka(a.features, b.features))
+
+
+def _eval_splits(run: Run) -> list[str]:
+    return [s for s in run.output_splits() if s != "test"]
+
+
+def generic_values(run: Run, teacher: Run | None = None) -> dict[str, float]:
+    """What any scenario is measured by: accuracy in and out of the test set, agreement, JS and
+    representation similarity with the teacher."""
+    acc = {s: run.metric(s, "accuracy") for s in run.splits}
+    evals = _eval_splits(run)
+    return {"test": acc.get("test", math.nan),
+            "eval_mean": _mean(v for s, v in acc.items() if s != "test"),
+            "teacher_agreement_eval": agreement_with(run, teacher, evals),
+            "teacher_js_eval": agreement_with(run, teacher, evals, "js_divergence"),
+            "teacher_cka_probe": probe_cka(run, teacher)}
+
+
+def shift_values(run: Run, teacher: Run | None = None) -> dict[str, float]:
+    """Vision-style bias: accuracy per OOD family and prediction consistency under shift."""
+    acc = {s: run.metric(s, "accuracy") for s in run.splits}
+    families = sorted({split_severity(s)[0] for s in acc if s != "test"})
+    shift = shift_consistency_table([run])
+    evals = _eval_splits(run)
+    return {"test": acc.get("test", math.nan),
+            "ood_mean": _mean(_family_mean(acc, f) for f in families),
+            "translated": _family_mean(acc, SHIFT_FAMILY), "scaled": _family_mean(acc, "scaled"),
+            "shift_consistency": float(shift["consistency"].mean()) if len(shift) else math.nan,
+            "teacher_agreement_ood": agreement_with(run, teacher, evals),
+            "teacher_js_ood": agreement_with(run, teacher, evals, "js_divergence"),
+            "teacher_cka_probe": probe_cka(run, teacher)}
+
+
+def attractor_values(run: Run, teacher: Run | None = None) -> dict[str, float]:
+    """Agreement-style bias: accuracy per attractor count, and its drop from attractor-free."""
+    acc = {s: run.metric(s, "accuracy") for s in run.splits}
+    attractors = [f"attractors_{k}" for k in (1, 2, 3, 4)]
+    drops = attractor_drop_table([run])
+    four = drops[drops["attractors"] == 4]["drop"] if len(drops) else []
+    return {"test": acc.get("test", math.nan),
+            "a_accuracy": _mean(acc.get(s, math.nan) for s in attractors),
+            "test_deep": acc.get("test_deep", math.nan),
+            "attractor_drop_4": float(four.iloc[0]) if len(four) else math.nan,
+            "teacher_agreement_attractors": agreement_with(run, teacher, attractors),
+            "teacher_js_attractors": agreement_with(run, teacher, attractors, "js_divergence"),
+            "teacher_cka_probe": probe_cka(run, teacher)}
+
+
+def shift_curve(run: Run) -> list[dict]:
+    """A teacher's own bias against shift size c (c = 0: the test set): accuracy and consistency."""
+    rows = [{"x": 0, "measure": "accuracy", "value": run.metric("test", "accuracy")},
+            {"x": 0, "measure": "consistency", "value": 1.0}]
+    for _, row in shift_consistency_table([run]).iterrows():
+        rows += [{"x": int(row["shift_px"]), "measure": "accuracy", "value": row["accuracy"]},
+                 {"x": int(row["shift_px"]), "measure": "consistency", "value": row["consistency"]}]
+    return rows
+
+
+def attractor_curve(run: Run) -> list[dict]:
+    """A teacher's accuracy per attractor count (0 where the counts are known)."""
+    by_k = (run.metrics["splits"].get("test") or {}).get("accuracy_by_attractors") or {}
+    rows = [{"x": 0, "measure": "accuracy", "value": float(by_k["0"])}] if "0" in by_k else []
+    return rows + [{"x": k, "measure": "accuracy", "value": run.metric(f"attractors_{k}", "accuracy")}
+                   for k in (1, 2, 3, 4) if f"attractors_{k}" in run.splits]
+
+
+@dataclass(frozen=True)
+class BiasMeasure:
+    """How a scenario's bias is measured: per-run ``values(run, teacher)`` (``metrics`` says what
+    each means, in table order), a teacher's own ``curve(run)`` against ``x_label``, and the
+    metrics where lower is better."""
+
+    metrics: dict[str, str]
+    values: Callable[[Run, Run | None], dict[str, float]]
+    curve: Callable[[Run], list[dict]] | None = None
+    x_label: str = ""
+    lower_is_better: frozenset[str] = frozenset()
+
+
+_SIMILARITY = {"teacher_cka_probe": "linear CKA with the teacher's features on the probe set"}
+MEASURES: dict[str, BiasMeasure] = {
+    "shift": BiasMeasure(
+        {"ood_mean": "mean OOD accuracy (mean over families of the mean over severities 1-5)",
+         "translated": "accuracy on translated digits (mean over shifts of 1-5 px)",
+         "scaled": "accuracy on scaled digits (mean over severities 1-5)",
+         "test": "test accuracy (in distribution)",
+         "shift_consistency": "share of test digits whose predicted class is unchanged when shifted (mean over 1-5 px)",
+         "teacher_agreement_ood": "top-1 agreement with the teacher (mean over the OOD splits)",
+         "teacher_js_ood": "Jensen-Shannon divergence from the teacher (mean over the OOD splits)", **_SIMILARITY},
+        shift_values, shift_curve, "shift c (px)", frozenset({"teacher_js_ood"})),
+    "attractors": BiasMeasure(
+        {"a_accuracy": "A-accuracy: mean accuracy over attractors_1..4",
+         "attractor_drop_4": "accuracy on attractor-free test examples minus accuracy with 4 attractors",
+         "test": "test accuracy (in distribution)",
+         "test_deep": "accuracy on sentences deeper than any trained on",
+         "teacher_agreement_attractors": "top-1 agreement with the teacher (mean over attractors_1..4)",
+         "teacher_js_attractors": "Jensen-Shannon divergence from the teacher (mean over attractors_1..4)",
+         **_SIMILARITY},
+        attractor_values, attractor_curve, "attractors", frozenset({"attractor_drop_4", "teacher_js_attractors"})),
+    "generic": BiasMeasure(
+        {"test": "test accuracy (in distribution)",
+         "eval_mean": "mean accuracy over the eval splits other than test",
+         "teacher_agreement_eval": "top-1 agreement with the teacher (mean over the eval splits other than test)",
+         "teacher_js_eval": "Jensen-Shannon divergence from the teacher (mean over the eval splits other than test)",
+         **_SIMILARITY},
+        generic_values, lower_is_better=frozenset({"teacher_js_eval"})),
+}
+
+
+def bias_measure(name: str) -> BiasMeasure:
+    """A registered measure, or a user's own named ``package.module:object``: a
+    :class:`BiasMeasure`, or a function ``(run, teacher) -> {metric: value}`` (its metrics are
+    then described by their names)."""
+    if name in MEASURES:
+        return MEASURES[name]
+    if ":" not in name:
+        raise ArtifactError(f"unknown bias measure {name!r}: use one of {', '.join(MEASURES)} or package.module:object")
+    import importlib
+
+    module, _, attr = name.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ArtifactError(f"bias measure {name!r} cannot be imported: {exc}") from None
+    if isinstance(obj, BiasMeasure):
+        return obj
+    if callable(obj):
+        return BiasMeasure({}, obj)
+    raise ArtifactError(f"bias measure {name!r} is neither a BiasMeasure nor a function")

@@ -1,22 +1,28 @@
-"""The declared reference protocol (v2): its primary cells and the paper's claims judged on them, as data.
+"""The declared reference protocols: their primary comparisons and the paper's claims judged on them.
 
-Each primary comparison names a cell of the transfer map (:mod:`analysis.transfer_map`), the
-two roles compared in it (``kd``, ``indep``, ``self``, ``teacher``), a metric and the sign the
-paper reports. Comparisons are paired by seed; p-values are Holm-corrected across all primary
-comparisons. A comparison is *reproduced* when its difference has the paper's sign and the
-corrected p < 0.05, *not reproduced* when it has the opposite sign and corrected p < 0.05, and
-*inconclusive* otherwise; a claim is reproduced when all its primary comparisons are.
+Each protocol is data, declared in ``conf/protocol/<name>.yaml`` before its runs: a comparison
+names a cell of the transfer map (:mod:`analysis.transfer_map`: scenario, teacher, student,
+student epochs, temperature, transfer-set size), the two roles compared in it (``kd``,
+``indep``, ``self``, ``teacher``), a metric and the sign the paper reports. Comparisons are
+paired by seed; p-values are Holm-corrected across all comparisons of a protocol. A comparison is
+*reproduced* when its difference has the paper's sign and the corrected p < 0.05, *not
+reproduced* when it has the opposite sign and corrected p < 0.05, and *inconclusive* otherwise;
+a claim is reproduced when all its comparisons are.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from analysis.tables import holm, paired_test
+from biaskd.errors import ConfigError
 
 ALPHA = 0.05
+PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "conf" / "protocol"
 
 
 @dataclass(frozen=True)
@@ -31,31 +37,41 @@ class Comparison:
     sign: int  # +1: the paper reports first > second
 
 
-VISION_PRIMARY = {"teacher": "cnn_gp", "student": "mlp", "student_epochs": 100, "temperature": 5.0, "transfer_n": 0}
-LANGUAGE_PRIMARY = {"teacher": "lstm", "student": "transformer", "student_epochs": 10, "temperature": 5.0,
-                    "transfer_n": 5000}
-#: claim 1 compares architectures trained on the same labelled data: the cell without transfer
-#: inputs (with them, the independent control has 3.5x the teacher's labelled sentences)
-LANGUAGE_SAME_DATA = {**LANGUAGE_PRIMARY, "transfer_n": 0}
+ROLES = ("kd", "indep", "self", "teacher")
+CELL_KEYS = ("teacher", "student", "student_epochs", "temperature", "transfer_n")
 
-CLAIMS = {
-    1: "LSTM beats Transformer on agreement with attractors",
-    2: "LSTM→Transformer distillation closes part of the gap",
-    3: "CNN beats MLP out of distribution",
-    4: "CNN→MLP distillation improves the MLP out of distribution",
-    5: "distilled students agree with their teacher more",
-}
 
-PRIMARY = [
-    Comparison(1, CLAIMS[1], "language", LANGUAGE_SAME_DATA, "a_accuracy", "teacher", "indep", +1),
-    Comparison(2, CLAIMS[2], "language", LANGUAGE_PRIMARY, "a_accuracy", "kd", "indep", +1),
-    Comparison(2, CLAIMS[2], "language", LANGUAGE_PRIMARY, "a_accuracy", "kd", "self", +1),
-    Comparison(3, CLAIMS[3], "vision", VISION_PRIMARY, "ood_mean", "teacher", "indep", +1),
-    Comparison(4, CLAIMS[4], "vision", VISION_PRIMARY, "ood_mean", "kd", "indep", +1),
-    Comparison(4, CLAIMS[4], "vision", VISION_PRIMARY, "ood_mean", "kd", "self", +1),
-    Comparison(5, CLAIMS[5], "vision", VISION_PRIMARY, "teacher_agreement_ood", "kd", "indep", +1),
-    Comparison(5, CLAIMS[5], "language", LANGUAGE_PRIMARY, "teacher_agreement_attractors", "kd", "indep", +1),
-]
+def load(name_or_path: str | Path) -> list[Comparison]:
+    """The comparisons of a protocol: a name in ``conf/protocol/`` (``v2``) or a YAML path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROTOCOL_DIR / f"{name_or_path}.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the protocol ({exc})") from None
+    claims, cells, out = spec.get("claims") or {}, spec.get("cells") or {}, []
+    for i, c in enumerate(spec.get("comparisons") or []):
+        where = f"{path}: comparisons[{i}]"
+        cell = dict(cells.get(c.get("cell")) or {})
+        if not cell or set(cell) != {"scenario", *CELL_KEYS}:
+            raise ConfigError(f"{where}: cell {c.get('cell')!r} must be a cell of 'cells' with keys scenario, "
+                              f"{', '.join(CELL_KEYS)}")
+        if c.get("claim") not in claims or c.get("first") not in ROLES or c.get("second") not in ROLES \
+                or c.get("sign") not in (1, -1) or not c.get("metric"):
+            raise ConfigError(f"{where}: needs a claim of 'claims', first/second in {ROLES}, sign 1 or -1, a metric")
+        scenario = cell.pop("scenario")
+        cell["temperature"] = float(cell["temperature"])
+        out.append(Comparison(int(c["claim"]), str(claims[c["claim"]]), str(scenario), cell, str(c["metric"]),
+                              c["first"], c["second"], int(c["sign"])))
+    return out
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+
+
+PRIMARY = load("v2")
 
 
 def _values(per_seed: pd.DataFrame, c: Comparison, role: str) -> dict[int, float]:
@@ -86,7 +102,7 @@ def judge(per_seed: pd.DataFrame, comparisons: list[Comparison] = PRIMARY) -> tu
         v = set(g["verdict"])
         verdict = ("reproduced" if v == {"reproduced"} else "not reproduced" if "not reproduced" in v
                    else "not evaluated (no runs)" if v == {"not evaluated (no runs)"} else "inconclusive")
-        verdicts.append({"claim": claim, "scenario": scenario, "text": CLAIMS[claim], "verdict": verdict,
+        verdicts.append({"claim": claim, "scenario": scenario, "text": g["text"].iloc[0], "verdict": verdict,
                          "comparisons": len(g)})
     return frame, pd.DataFrame(verdicts)
 

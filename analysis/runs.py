@@ -24,6 +24,7 @@ from biaskd import artifacts, schema
 from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError
 from biaskd.schema import Features, SplitOutputs
+from biaskd.scenario import Scenario, of_record as scenario_of_record
 
 #: Columns of :func:`runs_frame` that describe a run (one value per run).
 RUN_COLUMNS = [
@@ -99,7 +100,10 @@ class Run:
     def task(self) -> str:
         return str(self.meta["task"])
 
-    scenario = task  # the paper's word for a task with its eval splits
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario the run recorded: name, bias measure, headline (:mod:`biaskd.scenario`)."""
+        return scenario_of_record(self.meta)
 
     @property
     def model(self) -> str:

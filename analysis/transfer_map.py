@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.agreement import agreement_metrics
-from analysis.bias import attractor_drop_table, shift_consistency_table
+from analysis.bias import BiasMeasure, bias_measure
 from analysis.runs import Run, find_runs
-from analysis.tables import mean_ci, paired_test, split_severity, transfer_ratio
+from analysis.tables import mean_ci, paired_test, transfer_ratio
+from biaskd.scenario import Scenario
 
 MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "metric",
                "n_seeds", "m_kd", "m_indep", "m_self", "m_teacher", "diff_vs_independent", "ci_half_width",
@@ -34,47 +34,14 @@ MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature"
 #: the smallest teacher - independent gap (in the metric's units) a transferred share is given for
 MIN_SHARE_GAP = 0.05
 
-#: what each metric means, in the order tables list them
-METRICS = {
-    "vision": {
-        "ood_mean": "mean OOD accuracy (mean over families of the mean over severities 1-5)",
-        "translated": "accuracy on translated digits (mean over shifts of 1-5 px)",
-        "scaled": "accuracy on scaled digits (mean over severities 1-5)",
-        "test": "test accuracy (in distribution)",
-        "shift_consistency": "share of test digits whose predicted class is unchanged when shifted (mean over 1-5 px)",
-        "teacher_agreement_ood": "top-1 agreement with the teacher (mean over the OOD splits)",
-    },
-    "language": {
-        "a_accuracy": "A-accuracy: mean accuracy over attractors_1..4",
-        "attractor_drop_4": "accuracy on attractor-free test examples minus accuracy with 4 attractors",
-        "test": "test accuracy (in distribution)",
-        "test_deep": "accuracy on sentences deeper than any trained on",
-        "teacher_agreement_attractors": "top-1 agreement with the teacher (mean over attractors_1..4)",
-    },
-}
-#: metrics where lower is better (the sign of a good transfer is negative)
-LOWER_IS_BETTER = {"attractor_drop_4"}
+
+def scenario_of(run: Run) -> Scenario:
+    """The scenario the run recorded (:mod:`biaskd.scenario`): its name, bias measure, headline."""
+    return run.scenario
 
 
-#: the language scenarios: (data source, setup) of an agreement run -> scenario name
-LANGUAGE_SCENARIOS = {("grammar", "classification"): "language", ("grammar", "lm"): "language_lm",
-                      ("linzen", "classification"): "linzen", ("linzen", "lm"): "linzen_lm"}
-
-
-def scenario_of(run: Run) -> str | None:
-    """``vision`` (MNIST), or one of :data:`LANGUAGE_SCENARIOS` (agreement: the grammar or Linzen's
-    data, classification or the LM setup); None for other tasks."""
-    if run.task.startswith("mnist"):
-        return "vision"
-    if run.task.startswith("sva"):
-        source = "linzen" if "linzen" in run.task else "grammar"
-        return LANGUAGE_SCENARIOS[(source, str(run.meta.get("setup") or "classification"))]
-    return None
-
-
-def kind_of(scenario: str | None) -> str | None:
-    """``vision`` or ``language``: which metrics a scenario has."""
-    return "language" if scenario in LANGUAGE_SCENARIOS.values() else scenario
+def measure_of(scenario: Scenario) -> BiasMeasure:
+    return bias_measure(scenario.measure)
 
 
 def epochs_of(run: Run) -> int:
@@ -86,47 +53,15 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _family_mean(accuracy: dict[str, float], family: str) -> float:
-    return _mean(v for s, v in accuracy.items() if split_severity(s)[0] == family)
-
-
 def run_metrics(run: Run, teacher: Run | None = None) -> dict[str, float]:
-    """The map's metrics of one run; agreement needs the ``teacher`` it is measured against."""
-    acc = {s: run.metric(s, "accuracy") for s in run.splits}
-    kind = kind_of(scenario_of(run))
-    out: dict[str, float] = {"test": acc.get("test", math.nan)}
-    if kind == "vision":
-        families = sorted({split_severity(s)[0] for s in acc if s != "test"})
-        out["ood_mean"] = _mean(_family_mean(acc, f) for f in families)
-        out["translated"] = _family_mean(acc, "translated")
-        out["scaled"] = _family_mean(acc, "scaled")
-        shift = shift_consistency_table([run])
-        out["shift_consistency"] = float(shift["consistency"].mean()) if len(shift) else math.nan
-        agree_on = [s for s in run.output_splits() if s != "test"]
-        out["teacher_agreement_ood"] = _agreement(run, teacher, agree_on)
-    elif kind == "language":
-        attractors = [f"attractors_{k}" for k in (1, 2, 3, 4)]
-        out["a_accuracy"] = _mean(acc.get(s, math.nan) for s in attractors)
-        out["test_deep"] = acc.get("test_deep", math.nan)
-        drops = attractor_drop_table([run])
-        four = drops[drops["attractors"] == 4]["drop"] if len(drops) else []
-        out["attractor_drop_4"] = float(four.iloc[0]) if len(four) else math.nan
-        out["teacher_agreement_attractors"] = _agreement(run, teacher, attractors)
-    return out
-
-
-def _agreement(run: Run, teacher: Run | None, splits: Sequence[str]) -> float:
-    if teacher is None:
-        return math.nan
-    if teacher.path == run.path:
-        return 1.0
-    have = set(run.output_splits()) & set(teacher.output_splits())
-    return _mean(agreement_metrics(run.outputs(s), teacher.outputs(s))["top1_agreement"] for s in splits if s in have)
+    """The map's metrics of one run: its scenario's bias measure; agreement and similarity need
+    the ``teacher`` they are measured against."""
+    return measure_of(scenario_of(run)).values(run, teacher)
 
 
 # -- cells -----------------------------------------------------------------------------------------
 def _key(run: Run) -> tuple:
-    return (scenario_of(run), run.model, epochs_of(run), run.transfer_n, run.seed)
+    return (scenario_of(run).name, run.model, epochs_of(run), run.transfer_n, run.seed)
 
 
 def build_cells(runs: Sequence[Run]) -> dict[tuple, dict[int, dict[str, Run]]]:
@@ -165,7 +100,7 @@ def transfer_map(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     rows, per_seed = [], []
     for cell, seeds in sorted(build_cells(runs).items(), key=lambda kv: tuple(map(str, kv[0]))):
-        scenario = cell[0]
+        measure = measure_of(scenario_of(next(iter(seeds.values()))["kd"]))
         values: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
         for seed, members in sorted(seeds.items()):
             teacher = members["teacher"]
@@ -174,7 +109,7 @@ def transfer_map(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
                     values[metric][role][seed] = v
                     per_seed.append({**_cell_dict(cell), "seed": seed, "role": role, "metric": metric, "value": v,
                                      "run": members[role].run_id if members[role] else None})
-        for metric in METRICS[kind_of(scenario)]:
+        for metric in [*measure.metrics, *(m for m in values if m not in measure.metrics)]:
             if metric in values:
                 rows.append({**_cell_dict(cell), "metric": metric, **compare_cell(values[metric])})
     return pd.DataFrame(rows, columns=MAP_COLUMNS), pd.DataFrame(per_seed)
@@ -211,9 +146,9 @@ def teacher_signal_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
     rows = []
     for r in runs:
-        if r.role != "student" or r.distill not in ("self", "cross") or scenario_of(r) is None:
+        if r.role != "student" or r.distill not in ("self", "cross"):
             continue
-        base = {"scenario": scenario_of(r), "teacher": r.teacher_model, "student": r.model, "distill": r.distill,
+        base = {"scenario": scenario_of(r).name, "teacher": r.teacher_model, "student": r.model, "distill": r.distill,
                 "student_epochs": epochs_of(r), "temperature": r.temperature, "transfer_n": r.transfer_n,
                 "seed": r.seed}
         for inputs, sig in (r.metrics.get("teacher_signal") or {}).items():
@@ -229,30 +164,21 @@ def teacher_signal_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def teacher_bias_frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """Each teacher's bias, measured directly: vision — accuracy and prediction consistency per
-    shift size c (c = 0: the test set); language — accuracy per attractor count."""
+    """Each teacher's bias, measured directly by its scenario's measure (e.g. shift: accuracy and
+    prediction consistency per shift size c, c = 0 the test set; attractors: accuracy per count)."""
     rows = []
     for r in runs:
-        if r.role != "teacher":
+        curve = measure_of(scenario_of(r)).curve
+        if r.role != "teacher" or curve is None:
             continue
-        base = {"scenario": scenario_of(r), "model": r.model, "seed": r.seed, "epochs": epochs_of(r)}
-        if kind_of(scenario_of(r)) == "vision":
-            rows.append({**base, "x": 0, "measure": "accuracy", "value": r.metric("test", "accuracy")})
-            rows.append({**base, "x": 0, "measure": "consistency", "value": 1.0})
-            for _, row in shift_consistency_table([r]).iterrows():
-                rows.append({**base, "x": int(row["shift_px"]), "measure": "accuracy", "value": row["accuracy"]})
-                rows.append({**base, "x": int(row["shift_px"]), "measure": "consistency", "value": row["consistency"]})
-        elif kind_of(scenario_of(r)) == "language":
-            by_k = r.metrics["splits"]["test"].get("accuracy_by_attractors") or {}
-            if "0" in by_k:
-                rows.append({**base, "x": 0, "measure": "accuracy", "value": float(by_k["0"])})
-            for k in (1, 2, 3, 4):
-                if f"attractors_{k}" in r.splits:
-                    rows.append({**base, "x": k, "measure": "accuracy", "value": r.metric(f"attractors_{k}", "accuracy")})
+        base = {"scenario": scenario_of(r).name, "model": r.model, "seed": r.seed, "epochs": epochs_of(r)}
+        rows += [{**base, **row} for row in curve(r)]
     return pd.DataFrame(rows)
 
 
 def summarize_over_seeds(frame: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, "mean", "half_width", "n"])
     rows = []
     for key, group in frame.groupby(list(by), dropna=False, sort=True):
         ci = mean_ci(group[value])
@@ -261,10 +187,7 @@ def summarize_over_seeds(frame: pd.DataFrame, by: Sequence[str], value: str = "v
 
 
 # -- figures -----------------------------------------------------------------------------------------
-HEADLINE = {"vision": "translated", "language": "a_accuracy"}
-
-
-def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | None = None) -> Path | None:
+def heatmap(map_frame: pd.DataFrame, scenario: Scenario, path: Path, metric: str | None = None) -> Path | None:
     """Δ (distilled − independent) of the scenario's headline metric per cell, annotated with
     the paired 95% interval and the transferred share."""
     import matplotlib
@@ -273,8 +196,8 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    metric = metric or HEADLINE[kind_of(scenario)]
-    f = map_frame[(map_frame["scenario"] == scenario) & (map_frame["metric"] == metric)].copy()
+    metric = metric or scenario.headline
+    f = map_frame[(map_frame["scenario"] == scenario.name) & (map_frame["metric"] == metric)].copy()
     if f.empty:
         return None
     f["row"] = f["teacher"] + ", T=" + f["temperature"].map(lambda t: f"{t:g}")
@@ -294,7 +217,7 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     n = int(f["n_seeds"].max())
     import textwrap
 
-    what = textwrap.fill(f"{scenario}: {METRICS[kind_of(scenario)][metric].split(':')[0]}", 48)
+    what = textwrap.fill(f"{scenario.name}: {measure_of(scenario).metrics.get(metric, metric).split(':')[0]}", 48)
     seeds = f"{n} seeds" if f["n_seeds"].min() == n else f"{int(f['n_seeds'].min())}-{n} seeds"
     ax.set_title(f"{what}\ndistilled − independent student ({seeds}; share = transferred share)", fontsize=9)
     fig.tight_layout()
@@ -303,15 +226,17 @@ def heatmap(map_frame: pd.DataFrame, scenario: str, path: Path, metric: str | No
     return path
 
 
-def epochs_figure(map_frame: pd.DataFrame, path: Path, metrics: Sequence[str] = ("translated", "shift_consistency",
-                                                                                    "ood_mean")) -> Path | None:
-    """Vision: Δ vs independent against student epochs, one line per teacher and temperature."""
+def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Path | None:
+    """Δ vs independent against student epochs, one line per teacher and temperature, for the
+    scenario's headline and the next two metrics of its measure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    f = map_frame[(map_frame["scenario"] == "vision") & map_frame["metric"].isin(metrics)]
+    described = measure_of(scenario).metrics
+    metrics = [scenario.headline, *[m for m in described if m != scenario.headline][:2]]
+    f = map_frame[(map_frame["scenario"] == scenario.name) & map_frame["metric"].isin(metrics)]
     if f.empty or f["student_epochs"].nunique() < 2:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharex=True)
@@ -329,7 +254,8 @@ def epochs_figure(map_frame: pd.DataFrame, path: Path, metrics: Sequence[str] = 
         ax.set_xticks(sorted(f["student_epochs"].unique()), [str(e) for e in sorted(f["student_epochs"].unique())])
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("student epochs")
-    np.atleast_1d(axes)[0].set_ylabel("distilled − independent MLP")
+    np.atleast_1d(axes)[0].set_ylabel(f"distilled − independent {', '.join(sorted(f['student'].unique()))}")
+    fig.suptitle(scenario.name, fontsize=10)
     handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
@@ -338,7 +264,7 @@ def epochs_figure(map_frame: pd.DataFrame, path: Path, metrics: Sequence[str] = 
     return path
 
 
-def teacher_bias_figure(bias: pd.DataFrame, path: Path) -> Path | None:
+def teacher_bias_figure(bias: pd.DataFrame, scenarios: dict[str, Scenario], path: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,9 +272,8 @@ def teacher_bias_figure(bias: pd.DataFrame, path: Path) -> Path | None:
 
     if bias.empty:
         return None
-    panels = [("vision", "accuracy", "shift c (px)"), ("vision", "consistency", "shift c (px)")]
-    panels += [(s, "accuracy", "attractors") for s in LANGUAGE_SCENARIOS.values()]
-    panels = [p for p in panels if not bias[(bias["scenario"] == p[0]) & (bias["measure"] == p[1])].empty]
+    panels = [(name, m, measure_of(scenarios[name]).x_label) for name in sorted(bias["scenario"].unique())
+              for m in sorted(bias[bias["scenario"] == name]["measure"].unique())]
     from matplotlib.ticker import MaxNLocator
 
     ncols = min(3, len(panels))
@@ -379,18 +304,29 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         runs = find_runs(*paths)
-    print(f"transfer map: {len(runs)} runs", file=sys.stderr)
+    scenarios = {r.scenario.name: r.scenario for r in runs}
+    print(f"transfer map: {len(runs)} runs in scenarios {', '.join(sorted(scenarios)) or '(none)'}", file=sys.stderr)
     map_frame, per_seed = transfer_map(runs)
+    unmapped = sorted(set(scenarios) - set(map_frame["scenario"]))
+    if unmapped:  # said, never silently dropped: such runs need a cross-distilled student to make a cell
+        print(f"transfer map: no cross-distilled student (with its teacher) in {', '.join(unmapped)}: "
+              "no cells for them", file=sys.stderr)
     written = {"transfer_map": out / "transfer_map.csv", "per_seed": out / "transfer_map_per_seed.csv",
                "teacher_signal": out / "teacher_signal.csv", "teacher_bias": out / "teacher_bias.csv"}
     map_frame.to_csv(written["transfer_map"], index=False, float_format="%.6g")
     per_seed.to_csv(written["per_seed"], index=False, float_format="%.6g")
-    from analysis.protocol import judge
+    from analysis import protocol
 
-    comparisons, verdicts = judge(per_seed)
-    written["claims"], written["verdicts"] = out / "claims_v2.csv", out / "verdicts_v2.csv"
-    comparisons.to_csv(written["claims"], index=False, float_format="%.6g")
-    verdicts.to_csv(written["verdicts"], index=False)
+    judged = {}  # each declared protocol (conf/protocol/) with runs of its scenarios here
+    for name in protocol.available():
+        declared = protocol.load(name)
+        if not {c.scenario for c in declared} & set(map_frame["scenario"]):
+            continue
+        comparisons, verdicts = protocol.judge(per_seed, declared)
+        judged[name] = comparisons
+        written[f"claims_{name}"], written[f"verdicts_{name}"] = out / f"claims_{name}.csv", out / f"verdicts_{name}.csv"
+        comparisons.to_csv(written[f"claims_{name}"], index=False, float_format="%.6g")
+        verdicts.to_csv(written[f"verdicts_{name}"], index=False)
     signal = teacher_signal_frame(runs)
     keys = ["scenario", "teacher", "distill", "student_epochs", "temperature", "transfer_n", "inputs"]
     if not signal.empty:
@@ -399,15 +335,17 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     bias = teacher_bias_frame(runs)
     summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]).to_csv(written["teacher_bias"], index=False,
                                                                             float_format="%.4g")
-    written["markdown"] = write_markdown(out, map_frame, comparisons, signal, bias)
-    for scenario in ("vision", *LANGUAGE_SCENARIOS.values()):
-        p = heatmap(map_frame, scenario, out / f"transfer_map_{scenario}.png")
+    written["markdown"] = write_markdown(out, map_frame, judged, signal, bias, scenarios)
+    for name, scenario in sorted(scenarios.items()):
+        p = heatmap(map_frame, scenario, out / f"transfer_map_{name}.png")
         if p:
-            written[f"heatmap_{scenario}"] = p
-    for name, p in (("epochs", epochs_figure(map_frame, out / "transfer_map_epochs.png")),
-                    ("teacher_bias_figure", teacher_bias_figure(bias, out / "teacher_bias.png"))):
+            written[f"heatmap_{name}"] = p
+        p = epochs_figure(map_frame, scenario, out / f"transfer_map_epochs_{name}.png")
         if p:
-            written[name] = p
+            written[f"epochs_{name}"] = p
+    p = teacher_bias_figure(bias, scenarios, out / "teacher_bias.png")
+    if p:
+        written["teacher_bias_figure"] = p
     return written
 
 
@@ -421,21 +359,25 @@ def _md(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(out: Path, map_frame: pd.DataFrame, claims: pd.DataFrame, signal: pd.DataFrame,
-                   bias: pd.DataFrame) -> Path:
+def write_markdown(out: Path, map_frame: pd.DataFrame, judged: dict[str, pd.DataFrame], signal: pd.DataFrame,
+                   bias: pd.DataFrame, scenarios: dict[str, Scenario]) -> Path:
     """``transfer_map.md``: the verdicts, the headline rows of the map, what the teachers gave and
     what they are, as tables (every number is in the CSVs beside it)."""
-    parts = ["# Transfer map (protocol v2)\n", "Written by `python -m analysis.transfer_map`; every number is "
+    parts = ["# Transfer map\n", "Written by `python -m analysis.transfer_map`; every number is "
              "in the CSVs beside this file. Δ = distilled − independent student (paired by seed, 95% t-interval "
              "half width ±); share = (m_KD − m_indep) / (m_teacher − m_indep).\n"]
-    if not claims.empty:
+    for name, claims in judged.items():
+        if claims.empty:
+            continue
         c = claims[["claim", "scenario", "metric", "first", "second", "cell", "n", "diff", "ci_half_width", "p",
                     "p_holm", "verdict"]]
-        parts += ["## The paper's claims (primary comparisons, Holm-corrected)\n", _md(c), ""]
-    language = ["a_accuracy", "attractor_drop_4", "teacher_agreement_attractors", "test", "test_deep"]
-    for scenario, metrics in (("vision", ["translated", "shift_consistency", "ood_mean", "scaled", "test",
-                                          "teacher_agreement_ood"]),
-                              *((name, language) for name in LANGUAGE_SCENARIOS.values())):
+        parts += [f"## The paper's claims, protocol {name} (primary comparisons, Holm-corrected)\n", _md(c), ""]
+    for scenario in sorted(set(map_frame["scenario"])):
+        declared = scenarios.get(scenario)
+        described = list(measure_of(declared).metrics) if declared else []
+        metrics = [declared.headline] if declared else []
+        metrics += [m for m in [*described, *sorted(set(map_frame[map_frame["scenario"] == scenario]["metric"]))]
+                    if m not in metrics]
         f = map_frame[(map_frame["scenario"] == scenario) & map_frame["metric"].isin(metrics)]
         if f.empty:
             continue

@@ -37,7 +37,8 @@ _NOT_IDENTITY_NESTED = {
     "trainer": {"enable_progress_bar", "log_every_n_steps", "enable_model_summary"},
     # train_source / train_size: the data fingerprint already says which digits a run trained on,
     # and leaving them out keeps the identity of runs made before they were options
-    "task": {"data_dir", "download", "eval_batch_size", "train_source", "train_size"},
+    "task": {"data_dir", "download", "eval_batch_size", "train_source", "train_size",
+             "bias"},  # bias: how the analysis measures the task's bias (biaskd.scenario)
     "teacher": {"compare"},  # what a finished run is compared with, not how it trains
 }
 

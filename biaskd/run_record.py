@@ -17,6 +17,7 @@ from biaskd.data.build import absolute
 from biaskd.data.datamodule import TaskData
 from biaskd.objectives import objective_options
 from biaskd.reproduce import machine_signature
+from biaskd.scenario import declared as declared_scenario
 
 
 def run_name(cfg: DictConfig, digest: str) -> str:
@@ -114,7 +115,7 @@ def run_meta(cfg: DictConfig, data: TaskData, run: RunDir, teacher_run: RunDir |
         "config_hash": digest,
         "data_fingerprint": data.fingerprint(),
         "experiment": str(cfg.experiment_name),
-        "scenario": cfg.get("scenario"),
+        "scenario": declared_scenario(cfg, getattr(data, "setup_kind", None)).to_dict(),
         "num_classes": int(data.num_classes),
         "eval_splits": sorted(data.evals),
         "probe": {"split": data.probe_split, "n": int(len(data.probe))},

@@ -12,7 +12,7 @@ from biaskd.data.datamodule import TaskData
 from biaskd.errors import ConfigError
 
 #: keys of the task config that describe the task, not the data module's arguments
-_TASK_META_KEYS = ("name", "kd")
+_TASK_META_KEYS = ("name", "kd", "bias")
 
 
 def absolute(path: str | os.PathLike) -> Path:

@@ -33,7 +33,7 @@ def test_find_runs_and_lazy_metadata(mnist_sweep):
     runs = find_runs(mnist_sweep.root)
     assert len(runs) == 9
     r = load_run(mnist_sweep.students[("cross", 1)])
-    assert (r.task, r.scenario, r.model, r.role, r.distill, r.seed) == ("mnist", "mnist", "mlp", "student", "cross", 1)
+    assert (r.task, r.scenario.name, r.model, r.role, r.distill, r.seed) == ("mnist", "vision", "mlp", "student", "cross", 1)
     assert r.teacher.run_id == "teacher-cnn-s1" and r.teacher.role == "teacher"
     assert r.splits == ["test", "scaled", "translated"] and r.output_splits() == r.splits
     assert r.feature_steps() == [0, 500, 1000]

@@ -69,22 +69,38 @@ def test_verdicts_follow_sign_and_corrected_p():
 
 
 def test_each_agreement_setting_is_its_own_scenario_with_the_language_metrics():
-    from types import SimpleNamespace
+    """Runs recorded before scenarios were declared get their task's declaration; an unknown task
+    is its own scenario with the generic measures, never dropped."""
+    from analysis.bias import MEASURES
+    from biaskd.scenario import of_record
 
-    from analysis.transfer_map import METRICS, kind_of, scenario_of
+    got = {(t, s): of_record({"task": t, "setup": s}) for t, s in [
+        ("mnist", "classification"), ("sva", "classification"), ("sva_lm", "lm"),
+        ("sva_linzen_transfer", "classification"), ("sva_linzen_lm", "lm"), ("toy", "classification")]}
+    assert {k: v.name for k, v in got.items()} == {
+        ("mnist", "classification"): "vision", ("sva", "classification"): "language",
+        ("sva_lm", "lm"): "language_lm", ("sva_linzen_transfer", "classification"): "linzen",
+        ("sva_linzen_lm", "lm"): "linzen_lm", ("toy", "classification"): "toy"}
+    assert [v.measure for v in got.values()] == ["shift"] + ["attractors"] * 4 + ["generic"]
+    assert "a_accuracy" in MEASURES[got[("sva_linzen_lm", "lm")].measure].metrics
+    # a recipe's name for the scenario (recorded as a string by older code) is kept
+    assert of_record({"task": "mnist", "scenario": "vision_60k"}).name == "vision_60k"
+    assert of_record({"task": "mnist", "scenario": "vision_60k"}).measure == "shift"
+    # the declaration a run records wins
+    recorded = {"task": "mine", "scenario": {"name": "mine_v1", "measure": "pkg.mod:fn", "headline": "x"}}
+    assert of_record(recorded).to_dict() == {"name": "mine_v1", "measure": "pkg.mod:fn", "headline": "x"}
 
-    def run(task, setup):
-        return SimpleNamespace(task=task, meta={"setup": setup})
 
-    got = {(t, s): scenario_of(run(t, s)) for t, s in [("mnist", "classification"), ("sva", "classification"),
-                                                        ("sva_lm", "lm"), ("sva_linzen_transfer", "classification"),
-                                                        ("sva_linzen_lm", "lm"), ("toy", "classification")]}
-    assert got == {("mnist", "classification"): "vision", ("sva", "classification"): "language",
-                   ("sva_lm", "lm"): "language_lm", ("sva_linzen_transfer", "classification"): "linzen",
-                   ("sva_linzen_lm", "lm"): "linzen_lm", ("toy", "classification"): None}
-    assert [kind_of(s) for s in ("vision", "language", "language_lm", "linzen", "linzen_lm")] == \
-        ["vision"] + ["language"] * 4
-    assert "a_accuracy" in METRICS[kind_of("linzen")]
+def test_task_configs_declare_their_scenario_and_runs_record_it():
+    from biaskd.scenario import declared
+    from tiny import compose_cfg
+
+    cfg = compose_cfg(["task=mnist"], "/tmp/unused")
+    assert declared(cfg).to_dict() == {"name": "vision", "measure": "shift", "headline": "translated"}
+    cfg = compose_cfg(["experiment=mnist_v3"], "/tmp/unused")
+    assert declared(cfg).name == "vision_60k" and declared(cfg).measure == "shift"
+    cfg = compose_cfg(["task=sva", "task.setup=lm", "model=transformer_seq"], "/tmp/unused")
+    assert declared(cfg, "lm").name == "language_lm"
 
 
 def test_the_map_of_a_sweep_pairs_each_distilled_student_with_its_seeds_independent_and_self_distilled(tmp_path):
@@ -96,7 +112,7 @@ def test_the_map_of_a_sweep_pairs_each_distilled_student_with_its_seeds_independ
     sweep = make_sweep(tmp_path / "runs", task="mnist", seeds=(0, 1, 2), closeness={"cross": 0.8, "self": 0.1},
                        steps=())
     written = build([tmp_path / "runs"], tmp_path / "out")
-    for name in ("transfer_map", "per_seed", "teacher_signal", "teacher_bias", "claims", "verdicts", "markdown",
+    for name in ("transfer_map", "per_seed", "teacher_signal", "teacher_bias", "claims_v2", "verdicts_v2", "markdown",
                  "heatmap_vision"):
         assert written[name].is_file(), name
 
@@ -118,3 +134,33 @@ def test_the_map_of_a_sweep_pairs_each_distilled_student_with_its_seeds_independ
     share = (sum(kd) - sum(indep)) / (sum(teacher) - sum(indep))
     assert row["transferred_share"] == pytest.approx(share, rel=1e-5)  # the CSV keeps 6 significant digits
     assert row["diff_vs_independent"] > 0  # the synthetic teacher is better OOD and the students lean on it
+
+
+def test_a_task_the_suite_never_saw_gets_the_generic_measures_not_dropped(tmp_path):
+    """No analysis module knows 'birdsong': its runs still make map rows (accuracy, agreement, JS,
+    CKA with the teacher), a heatmap, and the build says which scenarios it read."""
+    import json
+
+    from analysis.transfer_map import build
+    from synthetic import make_sweep
+
+    sweep = make_sweep(tmp_path / "runs", task="birdsong", seeds=(0, 1, 2), closeness={"cross": 0.8, "self": 0.1},
+                       steps=())
+    written = build([tmp_path / "runs"], tmp_path / "out")
+    frame = pd.read_csv(written["transfer_map"])
+    assert set(frame["scenario"]) == {"birdsong"}
+    assert set(frame["metric"]) == {"test", "eval_mean", "teacher_agreement_eval", "teacher_js_eval",
+                                    "teacher_cka_probe"}
+    assert written["heatmap_birdsong"].is_file()
+
+    def acc(path, split):
+        return json.loads((path / "metrics.json").read_text())["splits"][split]["accuracy"]
+
+    def eval_mean(path):
+        return (acc(path, "noisy") + acc(path, "far_field")) / 2
+
+    row = frame[frame["metric"] == "eval_mean"].iloc[0]
+    diffs = [eval_mean(sweep.students[("cross", s)]) - eval_mean(sweep.independent[s]) for s in (0, 1, 2)]
+    assert row["diff_vs_independent"] == pytest.approx(sum(diffs) / 3, rel=1e-5)
+    agree = frame[frame["metric"] == "teacher_agreement_eval"].iloc[0]
+    assert agree["m_teacher"] == 1.0 and agree["diff_vs_independent"] > 0  # pulled toward the teacher
