@@ -205,7 +205,7 @@ def paired_test(kd: dict | pd.Series, indep: dict | pd.Series) -> dict:
     d = np.array([kd[s] - indep[s] for s in seeds], dtype=float)
     n = len(d)
     out = {"n_pairs": n, "seeds": ",".join(str(s) for s in seeds), "mean_diff": math.nan,
-           "diff_half_width": math.nan, "t": math.nan, "p_ttest": math.nan,
+           "diff_half_width": math.nan, "diff_prediction_half_width": math.nan, "t": math.nan, "p_ttest": math.nan,
            "wilcoxon_w": math.nan, "p_wilcoxon": math.nan, "note": ""}
     notes = []
     unpaired = sorted(int(x) for x in set(kd.index) ^ set(indep.index))
@@ -213,7 +213,8 @@ def paired_test(kd: dict | pd.Series, indep: dict | pd.Series) -> dict:
         notes.append(f"unpaired seeds ignored: {unpaired}")
     if n:
         ci = mean_ci(d)
-        out.update(mean_diff=ci["mean"], diff_half_width=ci["half_width"])
+        out.update(mean_diff=ci["mean"], diff_half_width=ci["half_width"],
+                   diff_prediction_half_width=prediction_half_width(d))
     if n < 2:
         notes.append("fewer than 2 paired seeds: no test")
     elif np.allclose(d, d[0]):
@@ -228,6 +229,17 @@ def paired_test(kd: dict | pd.Series, indep: dict | pd.Series) -> dict:
         notes.append("Wilcoxon needs >= 6 pairs" if n < 6 else "all differences 0: no Wilcoxon")
     out["note"] = "; ".join(notes)
     return out
+
+
+def prediction_half_width(values: Iterable[float], confidence: float = 0.95) -> float:
+    """Half width of the Student-t prediction interval for one more draw (a new seed):
+    ``t(n−1) · sd · sqrt(1 + 1/n)``; NaN with fewer than 2 values. Beside a confidence interval
+    of the mean, it says what a single new seed will likely show."""
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(x) < 2:
+        return math.nan
+    t = stats.t.ppf(0.5 + confidence / 2, len(x) - 1)
+    return float(t * x.std(ddof=1) * math.sqrt(1 + 1 / len(x)))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -251,7 +263,7 @@ def paired_tests(frame: pd.DataFrame, metrics: Sequence[str] = ("accuracy",)) ->
     rows = []
     for rec, kd, indep in _kd_configurations(frame, keys):
         rows.append({**rec, **paired_test(_seed_values(kd), _seed_values(indep))})
-    cols = keys + ["n_pairs", "seeds", "mean_diff", "diff_half_width", "t", "p_ttest",
+    cols = keys + ["n_pairs", "seeds", "mean_diff", "diff_half_width", "diff_prediction_half_width", "t", "p_ttest",
                    "wilcoxon_w", "p_wilcoxon", "note"]
     return pd.DataFrame(rows, columns=cols)
 

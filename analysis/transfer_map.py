@@ -29,7 +29,7 @@ from biaskd.scenario import Scenario
 
 MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "metric",
                "n_seeds", "m_kd", "m_indep", "m_self", "m_teacher", "diff_vs_independent", "ci_half_width",
-               "p_value", "diff_vs_self", "self_ci_half_width", "p_value_vs_self", "teacher_gap", "transferred_share",
+               "prediction_half_width", "p_value", "diff_vs_self", "self_ci_half_width", "p_value_vs_self", "teacher_gap", "transferred_share",
                "seeds"]
 #: the smallest teacher - independent gap (in the metric's units) a transferred share is given for
 MIN_SHARE_GAP = 0.05
@@ -126,7 +126,8 @@ def compare_cell(values: dict[str, dict[int, float]]) -> dict:
     gap = m["teacher"] - m["indep"]
     return {"n_seeds": vs_indep["n_pairs"], "m_kd": m["kd"], "m_indep": m["indep"], "m_self": m["self"],
             "m_teacher": m["teacher"], "diff_vs_independent": vs_indep["mean_diff"],
-            "ci_half_width": vs_indep["diff_half_width"], "p_value": vs_indep["p_ttest"],
+            "ci_half_width": vs_indep["diff_half_width"],
+            "prediction_half_width": vs_indep["diff_prediction_half_width"], "p_value": vs_indep["p_ttest"],
             "diff_vs_self": vs_self["mean_diff"], "self_ci_half_width": vs_self["diff_half_width"],
             "p_value_vs_self": vs_self["p_ttest"],
             "teacher_gap": gap, "transferred_share": transfer_ratio(m["kd"], m["indep"], m["teacher"], MIN_SHARE_GAP),
@@ -384,7 +385,8 @@ def write_markdown(out: Path, map_frame: pd.DataFrame, judged: dict[str, pd.Data
         f = f.assign(order=f["metric"].map({m: i for i, m in enumerate(metrics)})).sort_values(
             ["order", "teacher", "student_epochs", "temperature", "transfer_n"])
         cols = ["metric", "teacher", "student_epochs", "temperature", "transfer_n", "n_seeds", "m_teacher", "m_indep",
-                "m_self", "m_kd", "diff_vs_independent", "ci_half_width", "p_value", "diff_vs_self",
+                "m_self", "m_kd", "diff_vs_independent", "ci_half_width", "prediction_half_width", "p_value",
+                "diff_vs_self",
                 "transferred_share"]
         parts += [f"## {scenario}: the map\n", _md(f[cols]), ""]
     if not signal.empty:

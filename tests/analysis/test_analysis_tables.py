@@ -152,3 +152,14 @@ def test_independent_students_exclude_teachers_of_the_same_architecture():
     assert t.transfer_ratio == pytest.approx((0.765 - 0.61) / (0.90 - 0.61))
     p = paired_tests(_frame(rows)).iloc[0]
     assert p.n_pairs == 2 and p.note == "Wilcoxon needs >= 6 pairs"
+
+
+def test_prediction_interval_for_a_new_seed_by_hand():
+    from analysis.tables import prediction_half_width
+
+    # d = 1, 2, 3: sd 1, n 3, t(2, 0.975) = 4.302653; PI = t·sd·sqrt(1 + 1/3), CI = t·sd/sqrt(3)
+    assert prediction_half_width([1.0, 2.0, 3.0]) == pytest.approx(4.302653 * (4 / 3) ** 0.5, rel=1e-6)
+    out = paired_test({1: 2.0, 2: 4.0, 3: 6.0}, {1: 1.0, 2: 2.0, 3: 3.0})
+    assert out["diff_half_width"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
+    assert out["diff_prediction_half_width"] == pytest.approx(4.302653 * (4 / 3) ** 0.5, rel=1e-6)
+    assert math.isnan(prediction_half_width([1.0]))
