@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
@@ -30,7 +31,8 @@ from biaskd import schema
 from biaskd.errors import ArtifactError
 from biaskd.schema import COMPLETE, DIGEST_SUFFIX, FAILED, MANIFEST, TMP_SUFFIX
 
-_REPAIR_HINT = "rerun its command with +repair=true to retrain it (the bad run dir is kept aside)"
+#: how a person gets a damaged run trained anew (the training command's way out)
+REPAIR_HINT = "rerun its command with +repair=true to retrain it (the bad run dir is kept aside)"
 
 _umask: int | None = None
 
@@ -76,11 +78,16 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], d
     return path
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, of: Iterable[str | Path] | None = None) -> list[Path]:
     """Delete temporary files a killed writer left in ``folder`` (call only while holding the
-    run's lock, so that no live writer's file is removed)."""
+    lock of what they were written for, so that no live writer's file is removed). With ``of``,
+    only those of the files named there (and of their digest sidecars), in ``folder`` itself."""
+    if of is None:
+        found = Path(folder).rglob(f".*{TMP_SUFFIX}")
+    else:  # atomic_write's temporary names: .<name>.<random>.tmp
+        found = (p for name in of for p in Path(folder).glob(f".{Path(name).name}.*{TMP_SUFFIX}"))
     removed = []
-    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+    for p in found:
         if p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p)
@@ -139,7 +146,7 @@ def _manifest_of(run_path: Path) -> dict | None:
         try:
             _manifests[key] = json.loads(mpath.read_text())["files"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{mpath}: corrupt manifest ({exc}); {_REPAIR_HINT}") from None
+            raise ArtifactError(f"{mpath}: corrupt manifest ({exc}); {REPAIR_HINT}") from None
     return _manifests[key]
 
 
@@ -159,10 +166,46 @@ def write_manifest(run_path: str | Path) -> Path:
     return write_json(run_path / MANIFEST, {"algorithm": "sha256", "files": files})
 
 
-def check_file(path: str | Path) -> None:
-    """Raise ArtifactError if ``path`` differs from the digest recorded for it (its sidecar, or
-    the manifest of the run dir it lies in). Files with no recorded digest pass."""
-    path = Path(path)
+def _raw_json(path: Path) -> Any:
+    """A small JSON file's content without any check (None if it is missing or not JSON)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _version(obj: Any) -> int:
+    v = obj.get("format_version") if isinstance(obj, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def unverifiable(run_path: str | Path) -> str | None:
+    """Why a complete run without a manifest cannot be trusted, or None when it needs none (an
+    incomplete run, which writes it last; a format-1 run, which never had one). A complete run
+    of a format that writes a manifest (``meta.json``'s or its ``COMPLETE`` marker's
+    ``format_version``) and has none is damaged, and so is one without a readable meta.json."""
+    run_path = Path(run_path)
+    if (run_path / MANIFEST).exists() or not (run_path / COMPLETE).exists():
+        return None
+    meta_path = run_path / schema.META
+    if not meta_path.is_file():
+        return f"{meta_path}: missing, and the run has no {MANIFEST} either"
+    meta = _raw_json(meta_path)
+    if not isinstance(meta, dict):
+        return f"{meta_path}: not a JSON object, and the run has no {MANIFEST} to check it against"
+    version = max(_version(meta), _version(_raw_json(run_path / COMPLETE)))
+    if version >= schema.MANIFEST_SINCE:
+        return f"{run_path / MANIFEST}: missing (a complete format-{version} run writes it before {COMPLETE})"
+    return None
+
+
+def _is_run_dir(folder: Path) -> bool:
+    names = [n for n in (*schema.MARKERS, schema.CONFIG) if (folder / n).is_file()]
+    return schema.is_run_dir(names, [d for d in schema.RUN_FOLDERS if (folder / d).is_dir()])
+
+
+def _problem(path: Path) -> tuple[str, bool] | None:
+    """(why ``path`` fails, whether the fault is its run's rather than the file's), or None."""
     expected = _sidecar_digests(path)
     where = f"its digest file {_sidecar(path).name}"
     if not expected:
@@ -171,35 +214,61 @@ def check_file(path: str | Path) -> None:
             if manifest is not None:
                 entry = manifest.get(path.relative_to(root).as_posix())
                 if entry is None:
-                    return
+                    return None
                 if path.stat().st_size != entry["size"]:
-                    raise ArtifactError(f"{path}: {path.stat().st_size} bytes, but the run's {MANIFEST} records "
-                                        f"{entry['size']}: the file was changed or damaged after it was written; "
-                                        f"{_REPAIR_HINT}")
+                    return f"{path.stat().st_size} bytes, but the run's {MANIFEST} records {entry['size']}", False
                 expected, where = [entry["sha256"]], f"the run's {MANIFEST}"
                 break
-    if expected and cached_digest(path) not in expected:
-        raise ArtifactError(f"{path}: contents do not match the SHA-256 in {where}: the file was changed or "
-                            f"damaged after it was written; {_REPAIR_HINT}")
+        else:  # no manifest: fine for a format-1 or an incomplete run, damage for any other
+            root = next((r for r in (path.parent, path.parent.parent) if _is_run_dir(r)), None)
+            problem = unverifiable(root) if root is not None and _listed(path.relative_to(root)) else None
+            return (problem, True) if problem else None
+    if cached_digest(path) not in expected:
+        return f"contents do not match the SHA-256 in {where}", False
+    return None
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` fails the digest recorded for it (its sidecar, or the manifest of the run dir
+    it lies in), in a few words; None if it passes or nothing records it. A file of a complete
+    run that should have a manifest and has none fails (:func:`unverifiable`)."""
+    found = _problem(Path(path))
+    return found[0] if found else None
+
+
+def check_file(path: str | Path) -> None:
+    """Raise ArtifactError if ``path`` differs from the digest recorded for it (its sidecar, or
+    the manifest of the run dir it lies in), or lies in a complete run that lost its manifest
+    (:func:`unverifiable`). Files with no recorded digest pass."""
+    path = Path(path)
+    found = _problem(path)
+    if found is None:
+        return
+    problem, of_run = found
+    if of_run:
+        raise ArtifactError(f"{path}: cannot be checked: {problem}; {REPAIR_HINT}")
+    raise ArtifactError(f"{path}: {problem}: the file was changed or damaged after it was written; {REPAIR_HINT}")
 
 
 def verify_run(run_path: str | Path) -> list[str]:
     """Problems with a complete run's files (missing, resized or altered since its manifest was
-    written; ``last.ckpt`` against its sidecar), one string each; empty if it verifies. A run
-    without a manifest (format 1) has nothing to verify against and passes. Teacher caches are
-    not the run's results: a damaged one is recomputed when next read."""
+    written; ``last.ckpt`` against its sidecar), one string each; empty if it verifies. A
+    format-1 run (no manifest) has nothing to verify against and passes; a complete run of a
+    later format without its manifest, or without meta.json, does not (:func:`unverifiable`).
+    Teacher caches are not the run's results: a damaged one is recomputed when next read."""
     run_path = Path(run_path)
     try:
         manifest = _manifest_of(run_path)
     except ArtifactError as exc:
         return [str(exc)]
     if manifest is None:
-        return []
+        problem = unverifiable(run_path)
+        return [f"{problem}; {REPAIR_HINT}"] if problem else []
     problems = []
     for rel, entry in manifest.items():
         p = run_path / rel
         if not p.is_file():
-            problems.append(f"{p}: missing (listed in {MANIFEST})")
+            problems.append(f"{p}: missing (listed in {MANIFEST}); {REPAIR_HINT}")
             continue
         try:
             check_file(p)
@@ -332,7 +401,10 @@ class RunDir:
         if fail.exists():
             fail.unlink()
         write_manifest(self.path)
-        write_json(self.path / COMPLETE, {"finished": now(), **info})
+        # the format (a complete run of a format with manifests and none is damaged) and the
+        # process that finished it (a job that waited for another process to train it says so)
+        write_json(self.path / COMPLETE, {"finished": now(), "format_version": schema.FORMAT_VERSION,
+                                          "host": socket.gethostname(), "pid": os.getpid(), **info})
 
     def verify(self) -> list[str]:
         """Problems with this run's files against its manifest (see :func:`verify_run`)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -19,6 +19,8 @@ FORMAT = "biaskd-run"
 FORMAT_VERSION = 2
 #: versions readers accept (version 1 has no manifest to check against)
 READABLE_VERSIONS = (1, 2)
+#: the first version whose complete runs hold MANIFEST.json (one without it is damaged)
+MANIFEST_SINCE = 2
 
 # -- names --------------------------------------------------------------------------------------------
 META = "meta.json"
@@ -36,13 +38,25 @@ COMPLETE = "COMPLETE"
 FAILED = "FAILED"
 DIGEST_SUFFIX = ".sha256"
 TMP_SUFFIX = ".tmp"
+LOG = "logs/metrics.csv"
+#: key of ``last.ckpt`` holding the CSV log's text as it was when the checkpoint was written
+CHECKPOINT_LOG = "biaskd_csv_log"
 #: files whose presence makes a folder a run dir (one that lost its meta.json is still one)
-MARKERS = (META, COMPLETE, FAILED)
+MARKERS = (META, COMPLETE, FAILED, MANIFEST, MODEL)
+#: folders that make a folder holding config.yaml a run dir (a folder of Hydra configs has none)
+RUN_FOLDERS = (CHECKPOINTS, OUTPUTS, FEATURES, "logs")
 #: names and top folders the manifest does not list (markers; what may change after completion)
 UNLISTED_NAMES = frozenset({COMPLETE, FAILED, MANIFEST})
 UNLISTED_DIRS = frozenset({TEACHER_CACHE, "wandb"})
 
 _STEP_RE = re.compile(r"^step_(\d+)\.(npz|pt)$")
+
+
+def is_run_dir(filenames: Iterable[str], dirnames: Iterable[str] = ()) -> bool:
+    """Whether a folder holding ``filenames`` and ``dirnames`` is a run dir (a damaged one too:
+    a complete run that lost its meta.json is still a run, to be reported, not passed over)."""
+    files = set(filenames)
+    return any(m in files for m in MARKERS) or (CONFIG in files and any(d in RUN_FOLDERS for d in dirnames))
 
 
 def outputs_file(split: str) -> str:
