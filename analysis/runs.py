@@ -22,7 +22,7 @@ import pandas as pd
 
 from biaskd import artifacts, schema
 from biaskd.artifacts import RunDir
-from biaskd.errors import ArtifactError
+from biaskd.errors import ArtifactError, ArtifactWarning
 from biaskd.schema import Features, SplitOutputs
 
 #: Columns of :func:`runs_frame` that describe a run (one value per run).
@@ -51,12 +51,8 @@ class IncompleteRunError(ArtifactError):
     """The run dir has no COMPLETE marker (still running, killed, or failed)."""
 
 
-class RunProblem(UserWarning):
+class RunProblem(ArtifactWarning):
     """A warning about one run dir (``path``): left out of an analysis, or read only in part."""
-
-    def __init__(self, path: str | os.PathLike, message: str):
-        super().__init__(message)
-        self.path = Path(path)
 
 
 def _read_json(path: Path, run: str) -> Any:
@@ -202,6 +198,10 @@ class Run:
         p = self.path / schema.CONFIG
         if not p.is_file():
             raise ArtifactError(f"run {self.run_id}: missing config.yaml ({p})")
+        try:
+            artifacts.check_file(p)
+        except ArtifactError as exc:
+            raise ArtifactError(f"run {self.run_id}: {exc}") from None
         return yaml.safe_load(p.read_text()) or {}
 
     @property

@@ -144,10 +144,23 @@ def _manifest_of(run_path: Path) -> dict | None:
         return None
     if key not in _manifests:
         try:
-            _manifests[key] = json.loads(mpath.read_text())["files"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{mpath}: corrupt manifest ({exc}); {REPAIR_HINT}") from None
+            manifest = json.loads(mpath.read_text())
+            files = manifest["files"]
+            recorded = manifest.get("files_sha256")  # absent from manifests written before it was
+            if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+                raise TypeError("'files' is not an object of entries")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ArtifactError(f"{mpath}: corrupt manifest ({type(exc).__name__}: {exc}); {REPAIR_HINT}") from None
+        if recorded is not None and recorded != _entries_digest(files):
+            raise ArtifactError(f"{mpath}: damaged manifest (its entries do not match the SHA-256 it records of "
+                                f"them); {REPAIR_HINT}")
+        _manifests[key] = files
     return _manifests[key]
+
+
+def _entries_digest(files: Any) -> str:
+    """SHA-256 of a manifest's entries: a damaged digest in it names the manifest, not its file."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def _listed(rel: Path) -> bool:
@@ -163,7 +176,7 @@ def write_manifest(run_path: str | Path) -> Path:
         rel = p.relative_to(run_path)
         if p.is_file() and not p.is_symlink() and _listed(rel):
             files[rel.as_posix()] = {"size": p.stat().st_size, "sha256": cached_digest(p)}
-    return write_json(run_path / MANIFEST, {"algorithm": "sha256", "files": files})
+    return write_json(run_path / MANIFEST, {"algorithm": "sha256", "files": files, "files_sha256": _entries_digest(files)})
 
 
 def _raw_json(path: Path) -> Any:
