@@ -294,7 +294,8 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[Run]:
-    """All run dirs (dirs with meta.json, COMPLETE or FAILED) at or below ``paths``, sorted by path.
+    """All run dirs (dirs with meta.json, or any other file that makes one: :func:`biaskd.schema.is_run_dir`)
+    at or below ``paths``, sorted by path.
     A sweep folder's ``runs.txt`` names its runs (:func:`sweep_run_dirs`).
 
     Incomplete, failed and corrupt runs (missing or invalid meta.json / metrics.json) are
@@ -308,7 +309,7 @@ def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[R
         if not root.exists():
             raise ArtifactError(f"runs path {root} does not exist")
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if not any(m in filenames for m in schema.MARKERS):
+            if not schema.is_run_dir(filenames, dirnames):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 continue
             dirnames[:] = []  # a run dir is a leaf

@@ -8,11 +8,14 @@ umask gives any new file. Files that change or appear after a run completes (``l
 listed in ``MANIFEST.json``. Every loader here checks the file against its digest (hashed once
 per process and file version) and loads with ``torch.load(weights_only=True)`` /
 ``numpy.load(allow_pickle=False)``; a missing, truncated, corrupt or altered file raises
-:class:`ArtifactError` naming it.
+:class:`ArtifactError` naming it. ``MANIFEST.json`` records a digest of its own entries, so a
+damaged manifest is named as such; a complete run of a format that writes one and has none
+(or has lost its meta.json) is damaged too: its files cannot be checked (:func:`unverifiable`).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import hashlib
 import io
 import json
@@ -85,7 +88,7 @@ def remove_stale_temporaries(folder: str | Path, of: Iterable[str | Path] | None
     if of is None:
         found = Path(folder).rglob(f".*{TMP_SUFFIX}")
     else:  # atomic_write's temporary names: .<name>.<random>.tmp
-        found = (p for name in of for p in Path(folder).glob(f".{Path(name).name}.*{TMP_SUFFIX}"))
+        found = (p for name in of for p in Path(folder).glob(f".{glob.escape(Path(name).name)}.*{TMP_SUFFIX}"))
     removed = []
     for p in found:
         if p.is_file():
@@ -176,7 +179,8 @@ def write_manifest(run_path: str | Path) -> Path:
         rel = p.relative_to(run_path)
         if p.is_file() and not p.is_symlink() and _listed(rel):
             files[rel.as_posix()] = {"size": p.stat().st_size, "sha256": cached_digest(p)}
-    return write_json(run_path / MANIFEST, {"algorithm": "sha256", "files": files, "files_sha256": _entries_digest(files)})
+    return write_json(run_path / MANIFEST,
+                      {"algorithm": "sha256", "files": files, "files_sha256": _entries_digest(files)})
 
 
 def _raw_json(path: Path) -> Any:
