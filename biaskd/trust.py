@@ -44,6 +44,10 @@ def set_aside(run: RunDir, why: str) -> Path:
     """Move a bad run dir to ``.bad/`` beside it (hidden from analysis, nothing deleted)."""
     dest = run.path.parent / ".bad" / f"{run.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while dest.exists():  # set aside twice within a second: both kept
+        n += 1
+        dest = dest.with_name(f"{dest.name.rsplit('~', 1)[0]}~{n}")
     shutil.move(str(run.path), str(dest))
     log.warning("%s; moved it to %s and training the run anew", why, dest)
     return dest

@@ -143,3 +143,15 @@ def test_verify_finds_a_run_by_any_of_its_files_and_nothing_else(tmp_path, capsy
     assert out.splitlines() == [f"BAD {done}: meta.json: missing, and the run has no MANIFEST.json either; "
                                 f"{artifacts.REPAIR_HINT}"]
     assert err.startswith("0 ok, 1 bad, 1 incomplete, 0 no manifest")
+
+
+def test_a_run_set_aside_twice_within_a_second_keeps_both(tmp_path):
+    from biaskd.trust import set_aside
+
+    run = tmp_path / "runs" / "a-run"
+    for content in (b"first", b"second"):
+        run.mkdir(parents=True)
+        (run / "model.pt").write_bytes(content)
+        set_aside(RunDir(run), "damaged")
+    kept = list((tmp_path / "runs" / ".bad").iterdir())
+    assert sorted((k / "model.pt").read_bytes() for k in kept) == [b"first", b"second"] and not run.exists()
