@@ -10,7 +10,7 @@ per process and file version) and loads with ``torch.load(weights_only=True)`` /
 ``numpy.load(allow_pickle=False)``; a missing, truncated, corrupt or altered file raises
 :class:`ArtifactError` naming it. ``MANIFEST.json`` records a digest of its own entries, so a
 damaged manifest is named as such; a complete run of a format that writes one and has none
-(or has lost its meta.json) is damaged too: its files cannot be checked (:func:`unverifiable`).
+(or has lost its meta.json) is damaged too (:func:`biaskd.schema.unverifiable`).
 """
 from __future__ import annotations
 
@@ -183,44 +183,6 @@ def write_manifest(run_path: str | Path) -> Path:
                       {"algorithm": "sha256", "files": files, "files_sha256": _entries_digest(files)})
 
 
-def _raw_json(path: Path) -> Any:
-    """A small JSON file's content without any check (None if it is missing or not JSON)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def _version(obj: Any) -> int:
-    v = obj.get("format_version") if isinstance(obj, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
-def unverifiable(run_path: str | Path) -> str | None:
-    """Why a complete run without a manifest cannot be trusted, or None when it needs none (an
-    incomplete run, which writes it last; a format-1 run, which never had one). A complete run
-    of a format that writes a manifest (``meta.json``'s or its ``COMPLETE`` marker's
-    ``format_version``) and has none is damaged, and so is one without a readable meta.json."""
-    run_path = Path(run_path)
-    if (run_path / MANIFEST).exists() or not (run_path / COMPLETE).exists():
-        return None
-    meta_path = run_path / schema.META
-    if not meta_path.is_file():
-        return f"{meta_path}: missing, and the run has no {MANIFEST} either"
-    meta = _raw_json(meta_path)
-    if not isinstance(meta, dict):
-        return f"{meta_path}: not a JSON object, and the run has no {MANIFEST} to check it against"
-    version = max(_version(meta), _version(_raw_json(run_path / COMPLETE)))
-    if version >= schema.MANIFEST_SINCE:
-        return f"{run_path / MANIFEST}: missing (a complete format-{version} run writes it before {COMPLETE})"
-    return None
-
-
-def _is_run_dir(folder: Path) -> bool:
-    names = [n for n in (*schema.MARKERS, schema.CONFIG) if (folder / n).is_file()]
-    return schema.is_run_dir(names, [d for d in schema.RUN_FOLDERS if (folder / d).is_dir()])
-
-
 def _problem(path: Path) -> tuple[str, bool] | None:
     """(why ``path`` fails, whether the fault is its run's rather than the file's), or None."""
     expected = _sidecar_digests(path)
@@ -237,8 +199,8 @@ def _problem(path: Path) -> tuple[str, bool] | None:
                 expected, where = [entry["sha256"]], f"the run's {MANIFEST}"
                 break
         else:  # no manifest: fine for a format-1 or an incomplete run, damage for any other
-            root = next((r for r in (path.parent, path.parent.parent) if _is_run_dir(r)), None)
-            problem = unverifiable(root) if root is not None and _listed(path.relative_to(root)) else None
+            root = next((r for r in (path.parent, path.parent.parent) if schema.looks_like_run_dir(r)), None)
+            problem = schema.unverifiable(root) if root is not None and _listed(path.relative_to(root)) else None
             return (problem, True) if problem else None
     if cached_digest(path) not in expected:
         return f"contents do not match the SHA-256 in {where}", False
@@ -248,7 +210,7 @@ def _problem(path: Path) -> tuple[str, bool] | None:
 def file_problem(path: str | Path) -> str | None:
     """Why ``path`` fails the digest recorded for it (its sidecar, or the manifest of the run dir
     it lies in), in a few words; None if it passes or nothing records it. A file of a complete
-    run that should have a manifest and has none fails (:func:`unverifiable`)."""
+    run that should have a manifest and has none fails (:func:`biaskd.schema.unverifiable`)."""
     found = _problem(Path(path))
     return found[0] if found else None
 
@@ -256,7 +218,7 @@ def file_problem(path: str | Path) -> str | None:
 def check_file(path: str | Path) -> None:
     """Raise ArtifactError if ``path`` differs from the digest recorded for it (its sidecar, or
     the manifest of the run dir it lies in), or lies in a complete run that lost its manifest
-    (:func:`unverifiable`). Files with no recorded digest pass."""
+    (:func:`biaskd.schema.unverifiable`). Files with no recorded digest pass."""
     path = Path(path)
     found = _problem(path)
     if found is None:
@@ -271,7 +233,7 @@ def verify_run(run_path: str | Path) -> list[str]:
     """Problems with a complete run's files (missing, resized or altered since its manifest was
     written; ``last.ckpt`` against its sidecar), one string each; empty if it verifies. A
     format-1 run (no manifest) has nothing to verify against and passes; a complete run of a
-    later format without its manifest, or without meta.json, does not (:func:`unverifiable`).
+    later format without its manifest, or without meta.json, does not (:func:`biaskd.schema.unverifiable`).
     Teacher caches are not the run's results: a damaged one is recomputed when next read."""
     run_path = Path(run_path)
     try:
@@ -279,7 +241,7 @@ def verify_run(run_path: str | Path) -> list[str]:
     except ArtifactError as exc:
         return [str(exc)]
     if manifest is None:
-        problem = unverifiable(run_path)
+        problem = schema.unverifiable(run_path)
         return [f"{problem}; {REPAIR_HINT}"] if problem else []
     problems = []
     for rel, entry in manifest.items():

@@ -5,8 +5,10 @@ One definition for the writer (:class:`biaskd.artifacts.RunDir`) and the reader
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -57,6 +59,45 @@ def is_run_dir(filenames: Iterable[str], dirnames: Iterable[str] = ()) -> bool:
     a complete run that lost its meta.json is still a run, to be reported, not passed over)."""
     files = set(filenames)
     return any(m in files for m in MARKERS) or (CONFIG in files and any(d in RUN_FOLDERS for d in dirnames))
+
+
+def looks_like_run_dir(folder: Path) -> bool:
+    """:func:`is_run_dir` of a folder on disk."""
+    names = [n for n in (*MARKERS, CONFIG) if (folder / n).is_file()]
+    return is_run_dir(names, [d for d in RUN_FOLDERS if (folder / d).is_dir()])
+
+
+def _raw_json(path: Path) -> Any:
+    """A small JSON file's content without any check (None if it is missing or not JSON)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _version(obj: Any) -> int:
+    v = obj.get("format_version") if isinstance(obj, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def unverifiable(run_path: str | Path) -> str | None:
+    """Why a complete run without a manifest cannot be trusted, or None when it needs none (an
+    incomplete run, which writes it last; a format-1 run, which never had one). A complete run
+    of a format that writes a manifest (``meta.json``'s or its ``COMPLETE`` marker's
+    ``format_version``) and has none is damaged, and so is one without a readable meta.json."""
+    run_path = Path(run_path)
+    if (run_path / MANIFEST).exists() or not (run_path / COMPLETE).exists():
+        return None
+    meta_path = run_path / META
+    if not meta_path.is_file():
+        return f"{meta_path}: missing, and the run has no {MANIFEST} either"
+    meta = _raw_json(meta_path)
+    if not isinstance(meta, dict):
+        return f"{meta_path}: not a JSON object, and the run has no {MANIFEST} to check it against"
+    version = max(_version(meta), _version(_raw_json(run_path / COMPLETE)))
+    if version >= MANIFEST_SINCE:
+        return f"{run_path / MANIFEST}: missing (a complete format-{version} run writes it before {COMPLETE})"
+    return None
 
 
 def outputs_file(split: str) -> str:
