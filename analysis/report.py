@@ -65,6 +65,11 @@ class Progress:
         self.stream = stream or sys.stderr
         self.start = self.last = time.perf_counter()
 
+    def note(self, text: str) -> None:
+        """One line on stderr that is not a step (a run dir left out)."""
+        if self.enabled:
+            print(" ".join(text.split()), file=self.stream, flush=True)
+
     def step(self, what: str) -> None:
         now = time.perf_counter()
         self.done += 1
@@ -77,7 +82,8 @@ class Progress:
 def build_report(paths: Sequence[str | Path], out: str | Path, *, measure: str = "linear_cka",
                  seed: int = 0, progress: bool = True) -> Path:
     """Write ``out/report.md`` with its figures and CSVs; returns the report's path. With
-    ``progress``, a line on stderr after reading the runs and after each section."""
+    ``progress``, a line on stderr after reading the runs and after each section, and one for
+    each run dir left out (as in the report's notes)."""
     out = Path(out)
     rep = Report(out)
     steps = Progress(total=1 + len(SECTION_NAMES), enabled=progress)
@@ -122,6 +128,8 @@ def _build(rep: Report, steps: Progress, paths: Sequence[str | Path], measure: s
         runs = readable_runs(with_teachers(find_runs(*paths)))
         frame = runs_frame(runs)
     steps.step(f"read {len(runs)} run dir(s)")
+    for note in _notes([w for w in caught if isinstance(w.message, RunProblem)]):
+        steps.note(f"[report] {note}")
     rep.style = Style(runs)  # one label and colour per configuration in every table and figure
     rep.lines += ["# biaskd analysis report", "",
                   f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "

@@ -22,7 +22,7 @@ import pandas as pd
 
 from biaskd import artifacts, schema
 from biaskd.artifacts import RunDir
-from biaskd.errors import ArtifactError
+from biaskd.errors import ArtifactError, ArtifactWarning
 from biaskd.schema import Features, SplitOutputs
 from biaskd.scenario import Scenario, of_record as scenario_of_record
 
@@ -52,12 +52,8 @@ class IncompleteRunError(ArtifactError):
     """The run dir has no COMPLETE marker (still running, killed, or failed)."""
 
 
-class RunProblem(UserWarning):
+class RunProblem(ArtifactWarning):
     """A warning about one run dir (``path``): left out of an analysis, or read only in part."""
-
-    def __init__(self, path: str | os.PathLike, message: str):
-        super().__init__(message)
-        self.path = Path(path)
 
 
 def _read_json(path: Path, run: str) -> Any:
@@ -206,6 +202,10 @@ class Run:
         p = self.path / schema.CONFIG
         if not p.is_file():
             raise ArtifactError(f"run {self.run_id}: missing config.yaml ({p})")
+        try:
+            artifacts.check_file(p)
+        except ArtifactError as exc:
+            raise ArtifactError(f"run {self.run_id}: {exc}") from None
         return yaml.safe_load(p.read_text()) or {}
 
     @property
@@ -298,7 +298,8 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[Run]:
-    """All run dirs (dirs with meta.json, COMPLETE or FAILED) at or below ``paths``, sorted by path.
+    """All run dirs (dirs with meta.json, or any other file that makes one: :func:`biaskd.schema.is_run_dir`)
+    at or below ``paths``, sorted by path.
     A sweep folder's ``runs.txt`` names its runs (:func:`sweep_run_dirs`).
 
     Incomplete, failed and corrupt runs (missing or invalid meta.json / metrics.json) are
@@ -312,7 +313,7 @@ def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[R
         if not root.exists():
             raise ArtifactError(f"runs path {root} does not exist")
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if not any(m in filenames for m in schema.MARKERS):
+            if not schema.is_run_dir(filenames, dirnames):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 continue
             dirnames[:] = []  # a run dir is a leaf

@@ -8,15 +8,19 @@ umask gives any new file. Files that change or appear after a run completes (``l
 listed in ``MANIFEST.json``. Every loader here checks the file against its digest (hashed once
 per process and file version) and loads with ``torch.load(weights_only=True)`` /
 ``numpy.load(allow_pickle=False)``; a missing, truncated, corrupt or altered file raises
-:class:`ArtifactError` naming it.
+:class:`ArtifactError` naming it. ``MANIFEST.json`` records a digest of its own entries, so a
+damaged manifest is named as such; a complete run of a format that writes one and has none
+(or has lost its meta.json) is damaged too (:func:`biaskd.schema.unverifiable`).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
@@ -30,7 +34,8 @@ from biaskd import schema
 from biaskd.errors import ArtifactError
 from biaskd.schema import COMPLETE, DIGEST_SUFFIX, FAILED, MANIFEST, TMP_SUFFIX
 
-_REPAIR_HINT = "rerun its command with +repair=true to retrain it (the bad run dir is kept aside)"
+#: how a person gets a damaged run trained anew (the training command's way out)
+REPAIR_HINT = "rerun its command with +repair=true to retrain it (the bad run dir is kept aside)"
 
 _umask: int | None = None
 
@@ -76,11 +81,16 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None], d
     return path
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, of: Iterable[str | Path] | None = None) -> list[Path]:
     """Delete temporary files a killed writer left in ``folder`` (call only while holding the
-    run's lock, so that no live writer's file is removed)."""
+    lock of what they were written for, so that no live writer's file is removed). With ``of``,
+    only those of the files named there (and of their digest sidecars), in ``folder`` itself."""
+    if of is None:
+        found = Path(folder).rglob(f".*{TMP_SUFFIX}")
+    else:  # atomic_write's temporary names: .<name>.<random>.tmp
+        found = (p for name in of for p in Path(folder).glob(f".{glob.escape(Path(name).name)}.*{TMP_SUFFIX}"))
     removed = []
-    for p in Path(folder).rglob(f".*{TMP_SUFFIX}"):
+    for p in found:
         if p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p)
@@ -137,10 +147,23 @@ def _manifest_of(run_path: Path) -> dict | None:
         return None
     if key not in _manifests:
         try:
-            _manifests[key] = json.loads(mpath.read_text())["files"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{mpath}: corrupt manifest ({exc}); {_REPAIR_HINT}") from None
+            manifest = json.loads(mpath.read_text())
+            files = manifest["files"]
+            recorded = manifest.get("files_sha256")  # absent from manifests written before it was
+            if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+                raise TypeError("'files' is not an object of entries")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ArtifactError(f"{mpath}: corrupt manifest ({type(exc).__name__}: {exc}); {REPAIR_HINT}") from None
+        if recorded is not None and recorded != _entries_digest(files):
+            raise ArtifactError(f"{mpath}: damaged manifest (its entries do not match the SHA-256 it records of "
+                                f"them); {REPAIR_HINT}")
+        _manifests[key] = files
     return _manifests[key]
+
+
+def _entries_digest(files: Any) -> str:
+    """SHA-256 of a manifest's entries: a damaged digest in it names the manifest, not its file."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def _listed(rel: Path) -> bool:
@@ -156,13 +179,12 @@ def write_manifest(run_path: str | Path) -> Path:
         rel = p.relative_to(run_path)
         if p.is_file() and not p.is_symlink() and _listed(rel):
             files[rel.as_posix()] = {"size": p.stat().st_size, "sha256": cached_digest(p)}
-    return write_json(run_path / MANIFEST, {"algorithm": "sha256", "files": files})
+    return write_json(run_path / MANIFEST,
+                      {"algorithm": "sha256", "files": files, "files_sha256": _entries_digest(files)})
 
 
-def check_file(path: str | Path) -> None:
-    """Raise ArtifactError if ``path`` differs from the digest recorded for it (its sidecar, or
-    the manifest of the run dir it lies in). Files with no recorded digest pass."""
-    path = Path(path)
+def _problem(path: Path) -> tuple[str, bool] | None:
+    """(why ``path`` fails, whether the fault is its run's rather than the file's), or None."""
     expected = _sidecar_digests(path)
     where = f"its digest file {_sidecar(path).name}"
     if not expected:
@@ -171,35 +193,61 @@ def check_file(path: str | Path) -> None:
             if manifest is not None:
                 entry = manifest.get(path.relative_to(root).as_posix())
                 if entry is None:
-                    return
+                    return None
                 if path.stat().st_size != entry["size"]:
-                    raise ArtifactError(f"{path}: {path.stat().st_size} bytes, but the run's {MANIFEST} records "
-                                        f"{entry['size']}: the file was changed or damaged after it was written; "
-                                        f"{_REPAIR_HINT}")
+                    return f"{path.stat().st_size} bytes, but the run's {MANIFEST} records {entry['size']}", False
                 expected, where = [entry["sha256"]], f"the run's {MANIFEST}"
                 break
-    if expected and cached_digest(path) not in expected:
-        raise ArtifactError(f"{path}: contents do not match the SHA-256 in {where}: the file was changed or "
-                            f"damaged after it was written; {_REPAIR_HINT}")
+        else:  # no manifest: fine for a format-1 or an incomplete run, damage for any other
+            root = next((r for r in (path.parent, path.parent.parent) if schema.looks_like_run_dir(r)), None)
+            problem = schema.unverifiable(root) if root is not None and _listed(path.relative_to(root)) else None
+            return (problem, True) if problem else None
+    if cached_digest(path) not in expected:
+        return f"contents do not match the SHA-256 in {where}", False
+    return None
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` fails the digest recorded for it (its sidecar, or the manifest of the run dir
+    it lies in), in a few words; None if it passes or nothing records it. A file of a complete
+    run that should have a manifest and has none fails (:func:`biaskd.schema.unverifiable`)."""
+    found = _problem(Path(path))
+    return found[0] if found else None
+
+
+def check_file(path: str | Path) -> None:
+    """Raise ArtifactError if ``path`` differs from the digest recorded for it (its sidecar, or
+    the manifest of the run dir it lies in), or lies in a complete run that lost its manifest
+    (:func:`biaskd.schema.unverifiable`). Files with no recorded digest pass."""
+    path = Path(path)
+    found = _problem(path)
+    if found is None:
+        return
+    problem, of_run = found
+    if of_run:
+        raise ArtifactError(f"{path}: cannot be checked: {problem}; {REPAIR_HINT}")
+    raise ArtifactError(f"{path}: {problem}: the file was changed or damaged after it was written; {REPAIR_HINT}")
 
 
 def verify_run(run_path: str | Path) -> list[str]:
     """Problems with a complete run's files (missing, resized or altered since its manifest was
-    written; ``last.ckpt`` against its sidecar), one string each; empty if it verifies. A run
-    without a manifest (format 1) has nothing to verify against and passes. Teacher caches are
-    not the run's results: a damaged one is recomputed when next read."""
+    written; ``last.ckpt`` against its sidecar), one string each; empty if it verifies. A
+    format-1 run (no manifest) has nothing to verify against and passes; a complete run of a
+    later format without its manifest, or without meta.json, does not (:func:`biaskd.schema.unverifiable`).
+    Teacher caches are not the run's results: a damaged one is recomputed when next read."""
     run_path = Path(run_path)
     try:
         manifest = _manifest_of(run_path)
     except ArtifactError as exc:
         return [str(exc)]
     if manifest is None:
-        return []
+        problem = schema.unverifiable(run_path)
+        return [f"{problem}; {REPAIR_HINT}"] if problem else []
     problems = []
     for rel, entry in manifest.items():
         p = run_path / rel
         if not p.is_file():
-            problems.append(f"{p}: missing (listed in {MANIFEST})")
+            problems.append(f"{p}: missing (listed in {MANIFEST}); {REPAIR_HINT}")
             continue
         try:
             check_file(p)
@@ -332,7 +380,10 @@ class RunDir:
         if fail.exists():
             fail.unlink()
         write_manifest(self.path)
-        write_json(self.path / COMPLETE, {"finished": now(), **info})
+        # the format (a complete run of a format with manifests and none is damaged) and the
+        # process that finished it (a job that waited for another process to train it says so)
+        write_json(self.path / COMPLETE, {"finished": now(), "format_version": schema.FORMAT_VERSION,
+                                          "host": socket.gethostname(), "pid": os.getpid(), **info})
 
     def verify(self) -> list[str]:
         """Problems with this run's files against its manifest (see :func:`verify_run`)."""

@@ -11,10 +11,12 @@ print one line, and a hint where one helps, and exit with status 2; ``HYDRA_FULL
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from biaskd.errors import BiaskdError
+from biaskd.errors import ArtifactWarning, BiaskdError
 from biaskd.sweep import FAILURE_FILE  # in a failed job's Hydra output dir: what failed
 
 log = logging.getLogger("biaskd")
@@ -48,7 +50,7 @@ class JobFailure:
     message: str
 
 
-_state: dict[str, Any] = {"failed": 0, "started": False}
+_state: dict[str, Any] = {"failed": 0, "started": False, "damaged": 0}
 
 
 class SummaryCallback(Callback):
@@ -90,7 +92,8 @@ class SummaryCallback(Callback):
         else:
             self.runs.append(result)
             sweep.record_job(config.hydra.runtime.output_dir, result.path)
-            print(summary_line(result, since=self.job_started) + objective, flush=True)
+            with _damage_reported("the job's summary line"):
+                print(summary_line(result, since=self.job_started) + objective, flush=True)
         if multirun:
             line = sweep.progress_line(config.hydra.sweep.dir)
             if line:
@@ -101,7 +104,9 @@ class SummaryCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")) if sweep_dir.is_dir() else []
-        written = self._summarize(sweep_dir, failed=len(failed))
+        written = None
+        with _damage_reported("the sweep's summary"):
+            written = self._summarize(sweep_dir, failed=len(failed))
         if written:  # from the sweep folder, so jobs run in other processes count too
             path, table = written
             print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path} and summary.csv; run dirs: "
@@ -131,7 +136,31 @@ class SummaryCallback(Callback):
         from biaskd.summary import format_table, summary_table
 
         if self.runs:
-            print("\n" + format_table(summary_table(self.runs)), flush=True)
+            with _damage_reported("the summary table"):
+                print("\n" + format_table(summary_table(self.runs)), flush=True)
+
+
+@contextlib.contextmanager
+def _damage_reported(what: str):
+    """A damaged run dir met while ``what`` is made (a reader's :class:`ArtifactWarning`, or one of
+    the project's errors) is said in one line, once per run dir, and makes the command's exit
+    status 2; other warnings pass through as they were."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except BiaskdError as exc:
+            _state["damaged"] += 1
+            print(f"error: {what} not written: {' '.join(describe(exc).split())}", file=sys.stderr, flush=True)
+    said = set()
+    for w in caught:
+        if not isinstance(w.message, ArtifactWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif w.message.path.resolve() not in said:
+            said.add(w.message.path.resolve())
+            _state["damaged"] += 1
+            print(f"error: {what} left out a damaged run: {' '.join(str(w.message).split())}", file=sys.stderr,
+                  flush=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -195,7 +224,7 @@ def main() -> None:
             print(f"error: cannot apply the command line's overrides ({type(exc).__name__}: {exc}); a list in the "
                   "config is indexed by position, e.g. task.ood.0.severity=4", file=sys.stderr)
         sys.exit(1)
-    if _state["failed"]:
+    if _state["failed"] or _state["damaged"]:
         sys.exit(ERROR_EXIT)
 
 

@@ -32,3 +32,14 @@ class ArtifactError(BiaskdError):
 
 class TrainingError(BiaskdError, RuntimeError):
     """Training could not continue (e.g. the loss became NaN or infinite)."""
+
+
+class ArtifactWarning(UserWarning):
+    """A run dir (``path``) that a reader left out or read only in part, because a file in it is
+    missing or damaged: a sweep's summary turns these into one line each and a failed status."""
+
+    def __init__(self, path, message: str):
+        super().__init__(message)
+        from pathlib import Path
+
+        self.path = Path(path)

@@ -3,6 +3,8 @@
     python -m biaskd.rerun RUN_DIR --runs-dir DIR [--data-dir D]
 
 Works for teachers and students (a student's teacher is trained anew under ``DIR/teachers``).
+``config.yaml`` is checked against the run's manifest first: a changed or damaged one is an
+error (exit status 2), not another run.
 The new run is then compared with the original (:func:`biaskd.reproduce.compare_runs`): bit for bit
 where both were made on machines with one signature, else within the cross-machine tolerances; one
 line says which check it was and how it went (exit status 1 if the runs differ). The new run dir
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from biaskd import artifacts
 from biaskd.errors import ArtifactError, BiaskdError
 
 
@@ -27,7 +30,17 @@ def rerun(run_dir: str | Path, runs_dir: str | Path, data_dir: str | Path | None
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; is {run_dir} a run dir?")
-    cfg = OmegaConf.load(path)
+    try:  # before anything is read from it: a changed or damaged config would train another run
+        problem = artifacts.file_problem(path)
+    except ArtifactError as exc:  # the manifest itself is damaged
+        problem = str(exc)
+    if problem is not None:
+        raise ArtifactError(f"{path} fails its manifest ({problem})")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # a run without a manifest (format 1) can hold anything
+        raise ArtifactError(f"{path}: not a readable config ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if Path(runs_dir).resolve() == Path(run_dir).resolve().parent.parent:
         raise ArtifactError(f"--runs-dir {runs_dir} holds {run_dir} itself; choose another folder to retrain into")
     cfg.runs_dir = str(Path(runs_dir).resolve())

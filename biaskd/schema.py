@@ -5,9 +5,11 @@ One definition for the writer (:class:`biaskd.artifacts.RunDir`) and the reader
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -19,6 +21,8 @@ FORMAT = "biaskd-run"
 FORMAT_VERSION = 2
 #: versions readers accept (version 1 has no manifest to check against)
 READABLE_VERSIONS = (1, 2)
+#: the first version whose complete runs hold MANIFEST.json (one without it is damaged)
+MANIFEST_SINCE = 2
 
 # -- names --------------------------------------------------------------------------------------------
 META = "meta.json"
@@ -36,13 +40,64 @@ COMPLETE = "COMPLETE"
 FAILED = "FAILED"
 DIGEST_SUFFIX = ".sha256"
 TMP_SUFFIX = ".tmp"
+LOG = "logs/metrics.csv"
+#: key of ``last.ckpt`` holding the CSV log's text as it was when the checkpoint was written
+CHECKPOINT_LOG = "biaskd_csv_log"
 #: files whose presence makes a folder a run dir (one that lost its meta.json is still one)
-MARKERS = (META, COMPLETE, FAILED)
+MARKERS = (META, COMPLETE, FAILED, MANIFEST, MODEL)
+#: folders that make a folder holding config.yaml a run dir (a folder of Hydra configs has none)
+RUN_FOLDERS = (CHECKPOINTS, OUTPUTS, FEATURES, "logs")
 #: names and top folders the manifest does not list (markers; what may change after completion)
 UNLISTED_NAMES = frozenset({COMPLETE, FAILED, MANIFEST})
 UNLISTED_DIRS = frozenset({TEACHER_CACHE, "wandb"})
 
 _STEP_RE = re.compile(r"^step_(\d+)\.(npz|pt)$")
+
+
+def is_run_dir(filenames: Iterable[str], dirnames: Iterable[str] = ()) -> bool:
+    """Whether a folder holding ``filenames`` and ``dirnames`` is a run dir (a damaged one too:
+    a complete run that lost its meta.json is still a run, to be reported, not passed over)."""
+    files = set(filenames)
+    return any(m in files for m in MARKERS) or (CONFIG in files and any(d in RUN_FOLDERS for d in dirnames))
+
+
+def looks_like_run_dir(folder: Path) -> bool:
+    """:func:`is_run_dir` of a folder on disk."""
+    names = [n for n in (*MARKERS, CONFIG) if (folder / n).is_file()]
+    return is_run_dir(names, [d for d in RUN_FOLDERS if (folder / d).is_dir()])
+
+
+def _raw_json(path: Path) -> Any:
+    """A small JSON file's content without any check (None if it is missing or not JSON)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _version(obj: Any) -> int:
+    v = obj.get("format_version") if isinstance(obj, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def unverifiable(run_path: str | Path) -> str | None:
+    """Why a complete run without a manifest cannot be trusted, or None when it needs none (an
+    incomplete run, which writes it last; a format-1 run, which never had one). A complete run
+    of a format that writes a manifest (``meta.json``'s or its ``COMPLETE`` marker's
+    ``format_version``) and has none is damaged, and so is one without a readable meta.json."""
+    run_path = Path(run_path)
+    if (run_path / MANIFEST).exists() or not (run_path / COMPLETE).exists():
+        return None
+    meta_path = run_path / META
+    if not meta_path.is_file():
+        return f"{meta_path}: missing, and the run has no {MANIFEST} either"
+    meta = _raw_json(meta_path)
+    if not isinstance(meta, dict):
+        return f"{meta_path}: not a JSON object, and the run has no {MANIFEST} to check it against"
+    version = max(_version(meta), _version(_raw_json(run_path / COMPLETE)))
+    if version >= MANIFEST_SINCE:
+        return f"{run_path / MANIFEST}: missing (a complete format-{version} run writes it before {COMPLETE})"
+    return None
 
 
 def outputs_file(split: str) -> str:

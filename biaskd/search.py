@@ -10,6 +10,7 @@ import csv
 import math
 from pathlib import Path
 
+from biaskd import artifacts
 from biaskd.errors import ArtifactError, ConfigError
 
 #: the run's per-epoch log, relative to its run dir
@@ -22,6 +23,7 @@ def last_logged(run_path: str | Path, metric: str) -> float:
     """The last finite value of column ``metric`` in the run's ``logs/metrics.csv``."""
     path = Path(run_path) / LOG
     try:
+        artifacts.check_file(path)  # the number a search acts on: from the log the run's manifest records
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             if metric not in (reader.fieldnames or []):

@@ -1,6 +1,9 @@
 """Human-readable summaries of finished runs: one line per job, one table per sweep."""
 from __future__ import annotations
 
+import json
+import os
+import socket
 from collections.abc import Iterable
 
 import pandas as pd
@@ -41,27 +44,43 @@ def _finished(run: RunDir) -> float:
     return (run.path / "COMPLETE").stat().st_mtime
 
 
+def finished_elsewhere(run: RunDir) -> bool:
+    """Whether another process finished ``run`` (its COMPLETE marker names the host and process
+    that wrote it; a marker without them says nothing)."""
+    try:
+        marker = json.loads((run.path / "COMPLETE").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(marker, dict) or "pid" not in marker:
+        return False
+    return (marker.get("host"), marker.get("pid")) != (socket.gethostname(), os.getpid())
+
+
 def teacher_trained_since(run: RunDir, since: float) -> RunDir | None:
     """The teacher of ``run`` (its own, or the one an independent run is compared with) if
-    that teacher's run finished after ``since``, i.e. the job that made ``run`` trained it."""
+    that teacher's run finished after ``since`` in this process, i.e. the job that made ``run``
+    trained it."""
     ref = (run.metrics.get("teacher") or {}).get("run")
     teacher = run.teacher_dir or (RunDir(run.path.parent / ref) if ref else None)
     if teacher is None or not teacher.is_complete:
         return None
-    return teacher if _finished(teacher) >= since else None
+    return teacher if _finished(teacher) >= since and not finished_elsewhere(teacher) else None
 
 
 def summary_line(run: RunDir, since: float | None = None) -> str:
     """``[mlp distilled from cnn seed=1] test=0.912 … (trained in 12s; its teacher in 41s) -> dir``.
 
-    With ``since`` (when the job started), a run that was already complete says so, and a
-    teacher the job trained first is timed on its own."""
+    With ``since`` (when the job started), a run that was already complete says so, one that
+    another process trained while the job waited for it too, and a teacher the job trained
+    first is timed on its own."""
     from biaskd.sweep import duration
 
     meta, metrics = run.meta, run.metrics
     accs = " ".join(f"{s}={m['accuracy']:.3f}" for s, m in metrics["splits"].items())
     if since is not None and _finished(run) < since:
         when = "complete already"
+    elif since is not None and finished_elsewhere(run):
+        when = "found complete: another process trained it while this job waited"
     else:
         when = f"trained in {duration(metrics['train']['wall_time_s'])}"
         teacher = teacher_trained_since(run, since) if since is not None else None

@@ -50,6 +50,8 @@ def teacher_cache(teacher_run: RunDir, teacher: torch.nn.Module, data: TaskData,
     if features:
         paths["features"] = folder / f"{name}-features-{fp}.npz"
     with FileLock(str(paths["logits"]) + ".lock"):
+        for p in artifacts.remove_stale_temporaries(folder, of=paths.values()):  # a killed writer's, under its lock
+            log.info("removed a temporary file left by an interrupted write: %s", p)
         found = {key: _cached_rows(path, key, split.ids) for key, path in paths.items()}
         missing = [key for key, value in found.items() if value is None]
         if missing:  # one teacher pass fills every missing file

@@ -14,7 +14,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from biaskd import artifacts, config as config_mod, schema, teacher_metrics
@@ -25,8 +24,8 @@ from biaskd.data.build import absolute, build_data
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ConfigError, TrainingError
 from biaskd.models import build_model, check_model
-from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, ThrottledProgressBar, TrainingPathRecorder,
-                                     batched_features)
+from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, LogInCheckpoint, RunLogger,
+                                     ThrottledProgressBar, TrainingPathRecorder, batched_features)
 from biaskd.modules.lm import is_lm, verb_prefix
 from biaskd.predict import evaluate, transfer_signal
 from biaskd.quiet import quiet_libraries
@@ -248,7 +247,7 @@ def default_feature_steps(total_steps: int, configured: list[int] | None) -> lis
 
 
 def _loggers(cfg: DictConfig, run: RunDir, meta: dict) -> list:
-    loggers: list = [CSVLogger(save_dir=str(run.path), name="logs", version="")]
+    loggers: list = [RunLogger(run)]  # logs/metrics.csv, written atomically
     lcfg = cfg.get("logger") or {}
     if lcfg.get("wandb", {}).get("enabled", False):
         from biaskd.wandb_logging import make_wandb_logger
@@ -268,6 +267,7 @@ def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, fe
         TrainingPathRecorder(run, probe, feature_steps),
         # on a GPU, checking every step would make every step wait for the device
         FiniteLossGuard(every=int(tcfg.get("log_every_n_steps", 1) or 1) if tcfg.get("accelerator") != "cpu" else 1),
+        LogInCheckpoint(),  # the CSV log as logged so far, for a resume
     ]
     if tcfg.get("enable_progress_bar", True):
         callbacks.append(ThrottledProgressBar())
@@ -287,8 +287,7 @@ def fit_run(trainer: L.Trainer, module: L.LightningModule, data: TaskData, run: 
     start = time.perf_counter()
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
-        resume_step = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step", 0))
-        keep_csv_log(csv_logger, run, resume_step)
+        keep_csv_log(csv_logger, run, ckpt)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except TrainingError as exc:

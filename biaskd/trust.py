@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import logging
 import shutil
 import time
 from pathlib import Path
 
+import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.loggers import CSVLogger
 
-from biaskd import artifacts
+from biaskd import artifacts, schema
 from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError
+from biaskd.modules.callbacks import csv_text
 
 log = logging.getLogger("biaskd")
 
@@ -43,6 +44,10 @@ def set_aside(run: RunDir, why: str) -> Path:
     """Move a bad run dir to ``.bad/`` beside it (hidden from analysis, nothing deleted)."""
     dest = run.path.parent / ".bad" / f"{run.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while dest.exists():  # set aside twice within a second: both kept
+        n += 1
+        dest = dest.with_name(f"{dest.name.rsplit('~', 1)[0]}~{n}")
     shutil.move(str(run.path), str(dest))
     log.warning("%s; moved it to %s and training the run anew", why, dest)
     return dest
@@ -64,7 +69,10 @@ def checked_complete(run: RunDir, repair: bool) -> bool:
 
 
 def resume_checkpoint(run: RunDir, repair: bool) -> Path | None:
-    """The verified ``last.ckpt`` of an interrupted run (stale temporary files removed), or None."""
+    """The verified ``last.ckpt`` of an interrupted run (stale temporary files removed), or None.
+    A damaged checkpoint, or (for a checkpoint that does not hold the log) a CSV log with a
+    line that is not a row before its last, raises ArtifactError; with ``repair`` the run dir
+    is set aside instead and the run starts anew."""
     if not run.path.exists():
         return None
     for p in artifacts.remove_stale_temporaries(run.path):
@@ -74,6 +82,9 @@ def resume_checkpoint(run: RunDir, repair: bool) -> Path | None:
         return None
     try:
         artifacts.check_file(ckpt)
+        if checkpoint_log(ckpt)[1] is None:  # the rows on disk will be kept: they must be rows
+            for path in (run / KEPT_LOG, run / schema.LOG):
+                _file_rows(path, warn=False)
     except ArtifactError as exc:
         if not repair:
             raise
@@ -82,11 +93,27 @@ def resume_checkpoint(run: RunDir, repair: bool) -> Path | None:
     return ckpt
 
 
-def _csv_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+#: a resumed run's earlier log rows, kept aside until the logger has written them again
+KEPT_LOG = "logs/metrics.resume.csv"
+
+_checkpoint_logs: dict[tuple, tuple[int, str | None]] = {}
+
+
+def checkpoint_log(ckpt: Path) -> tuple[int, str | None]:
+    """A (verified) checkpoint's global step and the CSV log's text when it was written (None
+    for a checkpoint written before checkpoints held the log); loaded once per file version."""
+    st = ckpt.stat()
+    key = (str(ckpt.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _checkpoint_logs:
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for truncated or corrupt files
+            raise ArtifactError(f"{ckpt}: cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                                f"{artifacts.REPAIR_HINT}") from None
+        text = state.get(schema.CHECKPOINT_LOG)
+        _checkpoint_logs.clear()  # one checkpoint at a time
+        _checkpoint_logs[key] = (int(state.get("global_step", 0)), text if isinstance(text, str) else None)
+    return _checkpoint_logs[key]
 
 
 def _number(text: str) -> float | int:
@@ -96,30 +123,87 @@ def _number(text: str) -> float | int:
         return float(text)
 
 
-def _csv_text(columns: list[str], rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+def _fields(line: bytes) -> list[str] | None:
+    try:
+        return next(csv.reader([line.decode().rstrip("\r")]), [])
+    except (UnicodeDecodeError, csv.Error):
+        return None
 
 
-def keep_csv_log(logger: CSVLogger, run: RunDir, resume_step: int) -> None:
-    """Carry ``logs/metrics.csv`` across a resume: Lightning's CSV logger starts the file anew,
-    so the rows logged before the checkpoint (step < ``resume_step``; later ones are logged
-    again) are copied aside, replayed through the logger and written before training goes on."""
-    path, kept = run / "logs" / "metrics.csv", run / "logs" / "metrics.resume.csv"
-    rows, seen = [], set()
-    for row in _csv_rows(kept) + _csv_rows(path):  # kept: a previous resume killed before its first write
-        key = tuple(sorted(row.items()))
-        if "step" in row and int(_number(row["step"])) < resume_step and key not in seen:
-            seen.add(key)
-            rows.append(row)
-    if not rows:
-        return
-    columns = sorted(set().union(*rows))
-    artifacts.atomic_write(kept, lambda f: f.write(_csv_text(columns, rows).encode()))
+def _row(fields: list[str] | None, columns: list[str]) -> dict | None:
+    """The non-empty values of a line of the log, if it is a row: one field per column, each a
+    number, ``step`` an integer."""
+    if fields is None or len(fields) != len(columns):
+        return None
+    row = {c: v for c, v in zip(columns, fields) if v != ""}
+    try:
+        for v in row.values():
+            _number(v)
+        int(row["step"])
+    except (ValueError, KeyError):
+        return None
+    return row
+
+
+def parse_log(data: bytes, where: str, warn: bool = True) -> list[dict]:
+    """The rows of a CSV log (dicts of their non-empty values, as text). Its last line is dropped,
+    with a warning, if a kill cut it short (no line end) or it is not a row; any other line that
+    is not a header or a row raises ArtifactError naming ``where`` and the line."""
+    lines = data.split(b"\n")
+    whole = lines[-1] == b""  # the file ends with a line end: nothing was cut short
+    if whole:
+        lines.pop()
+    columns: list[str] = []
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        fields = _fields(line) if whole or not last else None
+        if number == 1:
+            if fields and all(fields) and "step" in fields and len(set(fields)) == len(fields):
+                columns = fields
+                continue
+        else:
+            row = _row(fields, columns)
+            if row is not None:
+                rows.append(row)
+                continue
+        what = "the header" if number == 1 else "a row"
+        if not last:
+            raise ArtifactError(f"{where}: line {number} is not {what} of the log ({line[:60]!r}); "
+                                f"{artifacts.REPAIR_HINT}")
+        if warn:
+            why = "is not " + what + " of the log" if whole else "was cut short by an interrupted write"
+            log.warning("%s: its last line (%d) %s; dropped it (%r)", where, number, why, line[:60])
+    return rows
+
+
+def _file_rows(path: Path, warn: bool = True) -> list[dict]:
+    return parse_log(path.read_bytes(), str(path), warn) if path.exists() else []
+
+
+def keep_csv_log(logger: CSVLogger, run: RunDir, ckpt: Path) -> None:
+    """Carry ``logs/metrics.csv`` across a resume from ``ckpt``: Lightning's CSV logger starts the
+    file anew, so the rows logged before the checkpoint are replayed through the logger and
+    written before training goes on. They come from the checkpoint, which holds the log as it
+    was when it was written (:class:`biaskd.modules.callbacks.LogInCheckpoint`); from an older
+    checkpoint, the file's rows before its step (later ones are logged again) are copied aside
+    first, the last line dropped if a kill cut it short."""
+    step, logged = checkpoint_log(ckpt)
+    path, kept = run / schema.LOG, run / KEPT_LOG
+    if logged is not None:
+        rows = parse_log(logged.encode(), f"{ckpt} (the log it holds)")
+    else:
+        rows, seen = [], set()
+        for row in _file_rows(kept) + _file_rows(path):  # kept: a previous resume killed before its first write
+            key = tuple(sorted(row.items()))
+            if int(row["step"]) < step and key not in seen:
+                seen.add(key)
+                rows.append(row)
+        if rows:
+            columns = sorted(set().union(*rows))
+            artifacts.atomic_write(kept, lambda f: f.write(csv_text(columns, rows).encode()))
     for row in rows:
-        logger.log_metrics({k: _number(v) for k, v in row.items() if k != "step"}, step=int(_number(row["step"])))
-    logger.save()
-    kept.unlink()
+        logger.log_metrics({k: _number(v) for k, v in row.items() if k != "step"}, step=int(row["step"]))
+    if rows:
+        logger.save()
+    kept.unlink(missing_ok=True)

@@ -1,15 +1,22 @@
-"""Lightning callbacks and plugins the training driver attaches to every run."""
+"""Lightning callbacks, plugins and the CSV logger the training driver attaches to every run."""
 from __future__ import annotations
 
+import csv
+import io
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from biaskd import artifacts, schema
 from biaskd.data.base import Split
@@ -124,3 +131,79 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def remove_checkpoint(self, path: Any) -> None:
         for p in (Path(path), Path(str(path) + artifacts.DIGEST_SUFFIX)):
             p.unlink(missing_ok=True)
+
+
+# -- the CSV log ------------------------------------------------------------------------------------
+def csv_text(columns: list[str], rows: list[dict], header: bool = True) -> str:
+    """``rows`` as CSV under ``columns`` (empty where a row has no value), as Lightning writes them."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class AtomicLogWriter(ExperimentWriter):
+    """Lightning's CSV experiment writer, with every save written whole to a temporary file and
+    renamed into place (:func:`biaskd.artifacts.atomic_write`). Lightning's own writer appends,
+    and rewrites the file in place when a column appears (the final evaluation's): a kill there
+    left part of the log. The file is the same, byte for byte."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self.rows: list[dict] = []  # every row saved so far
+        self._text = ""
+
+    @property
+    def text(self) -> str:
+        """The log as saved so far (CSV, header first)."""
+        return self._text
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        new, self.metrics = self.metrics, []
+        self.rows.extend(new)
+        columns = sorted(set(self.metrics_keys).union(*new))
+        if columns != self.metrics_keys:  # a new column: the whole log under the new header
+            self.metrics_keys = columns
+            self._text = csv_text(columns, self.rows)
+        else:
+            self._text += csv_text(columns, new, header=False)
+        data = self._text.encode()
+        artifacts.atomic_write(self.metrics_file_path, lambda f: f.write(data))
+
+
+class RunLogger(CSVLogger):
+    """The run's CSV log, ``logs/metrics.csv``, written atomically (:class:`AtomicLogWriter`)."""
+
+    def __init__(self, run: artifacts.RunDir) -> None:
+        super().__init__(save_dir=str(run.path), name="logs", version="")
+        self._writer: AtomicLogWriter | None = None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AtomicLogWriter:
+        if self._writer is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._writer = AtomicLogWriter(log_dir=self.log_dir)
+        return self._writer
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._writer is not None:
+            self.save()
+
+
+class LogInCheckpoint(L.Callback):
+    """Puts the run's CSV log, as logged so far, into every checkpoint (``schema.CHECKPOINT_LOG``):
+    a resumed run continues the log its checkpoint goes with, whatever became of the file."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, RunLogger):
+                logger.save()  # rows logged but not yet saved, if any
+                checkpoint[schema.CHECKPOINT_LOG] = logger.experiment.text

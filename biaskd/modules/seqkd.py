@@ -364,6 +364,8 @@ def teacher_candidates(split: Split, teacher: nn.Module, generation: Mapping[str
     stamp = json.dumps({"generation": dict(generation), "split": split.fingerprint(),
                         "teacher": teacher_digest(teacher), "version": CACHE_VERSION}, sort_keys=True)
     with FileLock(str(path) + ".lock"):
+        for p in artifacts.remove_stale_temporaries(path.parent, of=[path]):  # a killed writer's, under its lock
+            log.info("removed a temporary file left by an interrupted write: %s", p)
         found = _read_cache(path, split, stamp, (len(split), width, split.x.shape[1]))
         if found is not None:
             log.info("sequence-level KD: teacher sequences from %s", path)
