@@ -32,3 +32,8 @@ class ArtifactError(BiaskdError):
 
 class TrainingError(BiaskdError, RuntimeError):
     """Training could not continue (e.g. the loss became NaN or infinite)."""
+
+
+class StorageError(BiaskdError):
+    """A file or folder cannot be written: no space left, a read-only file system, no permission
+    (names the folder; the run resumes when the same command is run again)."""

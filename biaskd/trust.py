@@ -74,12 +74,26 @@ def resume_checkpoint(run: RunDir, repair: bool) -> Path | None:
         return None
     try:
         artifacts.check_file(ckpt)
+        _check_readable(ckpt)
     except ArtifactError as exc:
         if not repair:
             raise
         set_aside(run, str(exc))
         return None
     return ckpt
+
+
+def _check_readable(ckpt: Path) -> None:
+    """Raise ArtifactError naming ``ckpt`` if it cannot be loaded (a checkpoint with no digest to
+    check it against, e.g. one cut short by a full disk)."""
+    import torch
+
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ArtifactError(f"{ckpt}: cannot be read as a checkpoint ({reason}); rerun its command with "
+                            f"+repair=true to retrain the run (the bad run dir is kept aside)") from None
 
 
 def _csv_rows(path: Path) -> list[dict]:
