@@ -58,8 +58,8 @@ class JobFailure:
 
 
 #: failed: jobs that failed; bugs: of those, the ones stopped by an exception that is not the
-#: project's own; refused: the project's error for an output folder that cannot be written
-_state: dict[str, Any] = {"failed": 0, "bugs": 0, "started": False, "refused": None}
+#: project's own
+_state: dict[str, Any] = {"failed": 0, "bugs": 0, "started": False}
 
 
 class SummaryCallback(Callback):
@@ -154,9 +154,9 @@ class SummaryCallback(Callback):
 
 
 def _check_output_folders(config: DictConfig, hydra_dir_key: str) -> None:
-    """Before Hydra makes its output folder: can ``runs_dir`` (and Hydra's folder, where it is
-    elsewhere) be written? If not, the StorageError is kept for :func:`_app` and :func:`main` to
-    report (Hydra turns a callback's exception into a warning)."""
+    """Before Hydra makes its output folder and launches a job: can ``runs_dir`` (and Hydra's
+    folder, where it is elsewhere) be written? If not, the one line and exit status 2, nothing
+    launched (Hydra would turn a callback's exception into a warning and go on)."""
     from biaskd.errors import StorageError
     from biaskd.preflight import check_writable
 
@@ -167,7 +167,8 @@ def _check_output_folders(config: DictConfig, hydra_dir_key: str) -> None:
         if not hydra_dir.is_relative_to(runs_dir):
             check_writable(hydra_dir, hydra_dir_key)
     except StorageError as exc:
-        _state["refused"] = exc
+        print(f"error: {describe(exc)}", file=sys.stderr, flush=True)
+        sys.exit(ERROR_EXIT)
 
 
 def _added_keys(cfg: DictConfig) -> dict[str, str]:
@@ -241,8 +242,6 @@ def _failure(exc: Exception) -> JobFailure:
 def _app(cfg: DictConfig):
     _state["started"] = True
     try:
-        if _state["refused"] is not None:
-            raise _state["refused"]
         from biaskd.config import check, check_added_keys
 
         check_added_keys(cfg, _added_keys(cfg))  # a key the command line added that nothing reads
@@ -281,7 +280,7 @@ def main() -> None:
             print(f"error: the sweep stopped after {_state['failed']} failed job(s) (the [job failed] lines above): "
                   f"{describe(exc)}", file=sys.stderr)
             sys.exit(ERROR_EXIT)
-        own = _state["refused"] or storage_error(exc)  # e.g. Hydra could not make its folder in runs_dir
+        own = storage_error(exc)  # e.g. Hydra could not make its output folder
         if own is not None and not _verbose():
             print(f"error: {describe(own)}", file=sys.stderr)
             sys.exit(ERROR_EXIT)
