@@ -276,9 +276,9 @@ def main() -> None:
 
         from biaskd.preflight import storage_error
 
-        if _state["failed"] and not _verbose():  # a sweeper (e.g. Optuna's) gave up on failed jobs
+        if _state["failed"] and not _verbose():  # a sweeper (e.g. Optuna's) gave up on failed jobs, or a full disk
             print(f"error: the sweep stopped after {_state['failed']} failed job(s) (the [job failed] lines above): "
-                  f"{describe(exc)}", file=sys.stderr)
+                  f"{describe(storage_error(exc) or exc)}", file=sys.stderr)
             sys.exit(ERROR_EXIT)
         own = storage_error(exc)  # e.g. Hydra could not make its output folder
         if own is not None and not _verbose():
