@@ -185,18 +185,24 @@ def check(cfg: DictConfig) -> None:
     try:
         validate(tcfg)
     except ConfigError as exc:
-        def name(match: re.Match) -> str:
-            key = match.group(1)
-            spec = cfg.get("teacher") or {}
-            if OmegaConf.select(spec, f"overrides.{key}") is not None:
-                key = f"teacher.overrides.{key}"
-            elif key == "trainer.max_epochs" and spec.get("max_epochs") is not None:
-                key = "teacher.max_epochs"
-            elif key.startswith("model.") and _get(cfg, "distill.mode") == "cross":
-                key = f"teacher.{key}"
-            return f"config key {key!r}"
+        raise in_teacher_config(cfg, exc) from None
 
-        raise ConfigError(re.sub(r"config key '([^']+)'", name, str(exc)) + " (in the teacher's config)") from None
+
+def in_teacher_config(cfg: DictConfig, exc: ConfigError) -> ConfigError:
+    """``exc``, raised for the teacher's config of the student ``cfg``, with the keys named as
+    the student's config spells them (``teacher.overrides.<key>``, ``teacher.max_epochs``)."""
+    def name(match: re.Match) -> str:
+        key = match.group(1)
+        spec = cfg.get("teacher") or {}
+        if OmegaConf.select(spec, f"overrides.{key}") is not None:
+            key = f"teacher.overrides.{key}"
+        elif key == "trainer.max_epochs" and spec.get("max_epochs") is not None:
+            key = "teacher.max_epochs"
+        elif key.startswith("model.") and _get(cfg, "distill.mode") == "cross":
+            key = f"teacher.{key}"
+        return f"config key {key!r}"
+
+    return ConfigError(re.sub(r"config key '([^']+)'", name, str(exc)) + " (in the teacher's config)")
 
 
 # -- keys a command line adds ---------------------------------------------------------------------------

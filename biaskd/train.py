@@ -88,7 +88,7 @@ def check_trainers(cfg: DictConfig) -> None:
             try:
                 preflight.check_trainer(OmegaConf.to_container(tcfg.trainer, resolve=True))
             except ConfigError as exc:
-                raise ConfigError(f"{exc} (in the teacher's config: teacher.overrides / teacher.max_epochs)") from None
+                raise config_mod.in_teacher_config(cfg, exc) from None
 
 
 def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spec, transfer_set,

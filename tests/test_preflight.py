@@ -75,7 +75,7 @@ PRE_RUN = [
     (["trainer.precision=17"], "config key 'trainer': lightning.Trainer refuses these settings: ValueError: Precision"),
     (["+trainer.logger=false"], "config key 'trainer.logger': every run sets the Trainer's logger itself"),
     (["distill=cross", "+teacher.overrides.trainer.accelerator=tpu"],
-     "accelerator 'tpu' is not available on this machine"),
+     "config key 'teacher.overrides.trainer.accelerator': accelerator 'tpu' is not available on this machine"),
     (["task.num_classes=1"], "ConfigError: config key 'task.num_classes' must be >= 2, got 1"),
     (["+distill.temprature=3"],
      "ConfigError: config key 'distill.temprature' is not a key biaskd reads (+distill.temprature=3 adds it); "
