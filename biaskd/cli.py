@@ -5,18 +5,26 @@
     biaskd -m experiment=mnist_main          # the README's main job (a sweep)
 
 After every job one summary line is printed; after a sweep, one table of all its runs and the
-teachers they used. The project's own errors (bad config, data or artifact; a failed training)
-print one line, and a hint where one helps, and exit with status 2; ``HYDRA_FULL_ERROR=1`` or
-``BIASKD_VERBOSE=1`` shows the traceback.
+teachers they used. Every failure of a run, or of a job of a sweep, is one line (``error: ...``,
+``[job failed] <overrides>: ...``) and a ``failed.txt`` in the job's Hydra folder; a sweep goes on
+with its other jobs and ends with its summary. The project's own errors (bad config, data or
+artifact; a folder that cannot be written; a failed training) exit with status 2, any other
+exception with status 1, its traceback in ``failed.txt``; ``HYDRA_FULL_ERROR=1`` or
+``BIASKD_VERBOSE=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
+<<<<<<< HEAD
 import warnings
+=======
+import traceback
+>>>>>>> preflight
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +32,15 @@ from typing import Any
 import hydra
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+<<<<<<< HEAD
 from biaskd.errors import ArtifactWarning, BiaskdError
 from biaskd.sweep import FAILURE_FILE  # in a failed job's Hydra output dir: what failed
+=======
+from biaskd.errors import BiaskdError
+from biaskd.sweep import FAILURE_FILE, failure_is_bug  # in a failed job's Hydra output dir: what failed
+>>>>>>> preflight
 
 log = logging.getLogger("biaskd")
 
@@ -36,21 +49,31 @@ ERROR_EXIT = 2
 
 
 def describe(exc: BaseException) -> str:
-    """One line (two with a hint) a person reads: ``ConfigError: config key 'x' must be ...``."""
-    return f"{type(exc).__name__}: {exc}"
+    """One line a person reads: ``ConfigError: config key 'x' must be ...`` (a message of several
+    lines, as some libraries write, joined into one)."""
+    text = re.sub(r"\s*\n\s*", " ", str(exc).strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @dataclass
 class JobFailure:
-    """What a job returns when one of the project's own errors stopped it (the error is
-    reported once, by :class:`SummaryCallback`, instead of as a traceback)."""
+    """What a job returns when an exception stopped it (the error is reported once, in one line,
+    by :class:`SummaryCallback`, instead of as a traceback). ``bug``: not one of the project's own
+    errors (its traceback is in the job's ``failed.txt``)."""
 
     message: str
+    bug: bool = False
 
 
+<<<<<<< HEAD
 _state: dict[str, Any] = {"failed": 0, "started": False, "damaged": 0}
+=======
+#: failed: jobs that failed; bugs: of those, the ones stopped by an exception that is not the
+#: project's own
+_state: dict[str, Any] = {"failed": 0, "bugs": 0, "started": False}
+>>>>>>> preflight
 
 
 class SummaryCallback(Callback):
@@ -69,6 +92,12 @@ class SummaryCallback(Callback):
         self.job_started = time.time()
         self.summarize = summarize
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_folders(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_folders(config, "hydra.sweep.dir")
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.job_started = time.time()
 
@@ -85,6 +114,7 @@ class SummaryCallback(Callback):
         multirun = config.hydra.mode.name == "MULTIRUN"
         if isinstance(result, JobFailure):
             _state["failed"] += 1
+            _state["bugs"] += result.bug
             if multirun:
                 print(f"[job failed] {' '.join(job_return.overrides)}: {result.message}", file=sys.stderr, flush=True)
             else:
@@ -116,6 +146,7 @@ class SummaryCallback(Callback):
                 print(f"\n{config.sweep_note}", flush=True)
         if failed:
             _state["failed"] = max(_state["failed"], len(failed))
+            _state["bugs"] = max(_state["bugs"], sum(failure_is_bug(f) for f in failed))
             print(f"{len(failed)} job(s) failed (the [job failed] lines above; also in "
                   f"{sweep_dir}/<job>/{FAILURE_FILE}); rerun the same command to retry them, completed jobs are kept",
                   file=sys.stderr, flush=True)
@@ -163,12 +194,98 @@ def _damage_reported(what: str):
                   flush=True)
 
 
+def _check_output_folders(config: DictConfig, hydra_dir_key: str) -> None:
+    """Before Hydra makes its output folder and launches a job: can ``runs_dir`` (and Hydra's
+    folder, where it is elsewhere) be written? If not, the one line and exit status 2, nothing
+    launched (Hydra would turn a callback's exception into a warning and go on)."""
+    from biaskd.errors import StorageError
+    from biaskd.preflight import check_writable
+
+    runs_dir = Path(str(config.runs_dir)).resolve()
+    hydra_dir = Path(str(OmegaConf.select(config, hydra_dir_key))).resolve()
+    try:
+        check_writable(runs_dir)
+        if not hydra_dir.is_relative_to(runs_dir):
+            check_writable(hydra_dir, hydra_dir_key)
+    except StorageError as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr, flush=True)
+        sys.exit(ERROR_EXIT)
+
+
+def _added_keys(cfg: DictConfig) -> dict[str, str]:
+    """The keys this job's command line added to the config (``+key=value``, and ``++key=value``
+    for a key the config composed without it does not have), each with its override."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hc = HydraConfig.get()
+    choices = set(hc.runtime.choices)
+    lines = list(hc.overrides.task)
+    added: dict[str, str] = {}
+    forced: dict[str, str] = {}
+    for o in OverridesParser.create().parse_overrides(lines):
+        if o.package is not None or o.key_or_group in choices:
+            continue  # a config group (+experiment=..., +model@x=...), not a key
+        if o.is_add():
+            added[o.key_or_group] = o.input_line
+        elif o.is_force_add():
+            forced[o.key_or_group] = o.input_line
+    if forced:
+        base = _compose_without(lines, set(forced.values()), list(hc.overrides.hydra))
+        for key, line in forced.items():
+            if base is not None and OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
+                added[key] = line
+    return added
+
+
+_ABSENT = object()
+
+
+def _compose_without(lines: list[str], left_out: set[str], hydra_overrides: list[str]) -> DictConfig | None:
+    """The config this job's command line composes without the overrides ``left_out``, or None
+    when it cannot be composed again here."""
+    from hydra import compose
+
+    try:
+        return compose(config_name="config", overrides=[*hydra_overrides, *(o for o in lines if o not in left_out)])
+    except Exception:  # not composable outside the sweep that made it: the keys are not checked
+        log.debug("could not compose the config without %s", sorted(left_out), exc_info=True)
+        return None
+
+
+def _failure(exc: Exception) -> JobFailure:
+    """The one line an exception that stopped a job prints, with ``failed.txt`` written in the
+    job's Hydra folder: that line, and for an exception that is not the project's own, its
+    traceback (the line says where it is)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from biaskd.preflight import storage_error
+
+    exc = storage_error(exc) or exc
+    bug = not isinstance(exc, BiaskdError)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    report = out / FAILURE_FILE
+    line = describe(exc)
+    text = line + "\n"
+    if bug:
+        line += f" (not one of biaskd's own errors; its traceback is in {report}, BIASKD_VERBOSE=1 shows it)"
+        text = line + "\n\n" + "".join(traceback.format_exception(exc))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_text(text)
+    except OSError:  # the folder cannot be written (the error may be just that): the line is still printed
+        if bug:
+            line = f"{describe(exc)} (not one of biaskd's own errors; BIASKD_VERBOSE=1 shows its traceback)"
+    return JobFailure(line, bug)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig):
     _state["started"] = True
     try:
-        from biaskd.config import check
+        from biaskd.config import check, check_added_keys
 
+        check_added_keys(cfg, _added_keys(cfg))  # a key the command line added that nothing reads
         check(cfg)  # a bad config speaks before the training stack is imported
         from biaskd.train import train
 
@@ -179,15 +296,10 @@ def _app(cfg: DictConfig):
             _state["run"] = run
             return last_logged(run.path, str(cfg.optimized_metric))
         return run
-    except BiaskdError as exc:
+    except Exception as exc:  # every failure of a job is one line; KeyboardInterrupt stops the sweep
         if _verbose():
             raise
-        from hydra.core.hydra_config import HydraConfig
-
-        out = Path(HydraConfig.get().runtime.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / FAILURE_FILE).write_text(describe(exc) + "\n")
-        return JobFailure(describe(exc))
+        return _failure(exc)
 
 
 def _verbose() -> bool:
@@ -203,9 +315,15 @@ def main() -> None:
     except Exception as exc:
         from hydra.errors import CompactHydraException
 
-        if _state["failed"] and not _verbose():  # a sweeper (e.g. Optuna's) gave up on failed jobs
+        from biaskd.preflight import storage_error
+
+        if _state["failed"] and not _verbose():  # a sweeper (e.g. Optuna's) gave up on failed jobs, or a full disk
             print(f"error: the sweep stopped after {_state['failed']} failed job(s) (the [job failed] lines above): "
-                  f"{describe(exc)}", file=sys.stderr)
+                  f"{describe(storage_error(exc) or exc)}", file=sys.stderr)
+            sys.exit(ERROR_EXIT)
+        own = storage_error(exc)  # e.g. Hydra could not make its output folder
+        if own is not None and not _verbose():
+            print(f"error: {describe(own)}", file=sys.stderr)
             sys.exit(ERROR_EXIT)
         if _verbose() or (_state["started"] and not isinstance(exc, CompactHydraException)):
             raise  # a bug: its traceback
@@ -224,8 +342,13 @@ def main() -> None:
             print(f"error: cannot apply the command line's overrides ({type(exc).__name__}: {exc}); a list in the "
                   "config is indexed by position, e.g. task.ood.0.severity=4", file=sys.stderr)
         sys.exit(1)
+<<<<<<< HEAD
     if _state["failed"] or _state["damaged"]:
         sys.exit(ERROR_EXIT)
+=======
+    if _state["failed"]:
+        sys.exit(1 if _state["bugs"] else ERROR_EXIT)
+>>>>>>> preflight
 
 
 if __name__ == "__main__":  # python -m biaskd.cli: run the imported module, which Hydra's callback shares

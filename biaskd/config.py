@@ -70,6 +70,12 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _is_probability(key: str) -> bool:
+    """A model config key that is a probability or rate (``dropout``, ``attn_dropout``,
+    ``drop_prob``, ``drop_path_rate``), in [0, 1) rather than a positive size."""
+    return key.endswith("dropout") or key.endswith("_prob") or key.endswith("_rate")
+
+
 def _positive_sizes(cfg: DictConfig, node: str) -> None:
     for key, value in (_get(cfg, node) or {}).items():
         full = f"{node}.{key}"
@@ -77,7 +83,7 @@ def _positive_sizes(cfg: DictConfig, node: str) -> None:
         for v in items:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            if key in ("dropout",):
+            if _is_probability(str(key)):
                 if not 0 <= v < 1:
                     raise ConfigError(f"config key {full!r} must be in [0, 1), got {v}")
             elif v <= 0:
@@ -108,16 +114,23 @@ def validate(cfg: DictConfig) -> None:
     compare = OmegaConf.select(cfg, "teacher.compare", default="auto")
     if compare != "auto" and not isinstance(compare, bool):
         raise ConfigError(f"config key 'teacher.compare' must be auto, true or false; got {compare!r}")
+    if OmegaConf.select(cfg, "task.num_classes") is not None:  # tasks whose class count is a setting (toy)
+        _number(cfg, "task.num_classes", low=2, integer=True)
     _positive_sizes(cfg, "model")
     _choice(cfg, "distill.mode", DISTILL_MODES)
     mode = _get(cfg, "distill.mode")
     transfer.check(OmegaConf.to_container(cfg, resolve=True))
-    if mode != "none":
-        _number(cfg, "distill.alpha", low=0, high=1)
+    # the distillation settings are checked for distill=none too (which has them, unused, so that a
+    # sweep over modes can set them once): a value no mode accepts is a mistake in every job
+    for key, low, high in (("distill.alpha", 0, 1), ("distill.final_alpha", 0, 1)):
+        if OmegaConf.select(cfg, key) is not None or mode != "none":
+            _number(cfg, key, low=low, high=high)
+    if OmegaConf.select(cfg, "distill.temperature") is not None or mode != "none":
         _number(cfg, "distill.temperature", low=0, low_open=True)
-        _number(cfg, "distill.final_alpha", low=0, high=1)
-        _choice(cfg, "distill.alpha_schedule", ALPHA_SCHEDULES)
-        _choice(cfg, "distill.teacher_outputs", TEACHER_OUTPUTS)
+    for key, choices in (("distill.alpha_schedule", ALPHA_SCHEDULES), ("distill.teacher_outputs", TEACHER_OUTPUTS)):
+        if OmegaConf.select(cfg, key) is not None or mode != "none":
+            _choice(cfg, key, choices)
+    if mode != "none":
         objectives.check_config(_get(cfg, "distill"))
         if (mode == "online") != (_get(cfg, "distill.teacher_outputs") == "online"):
             raise ConfigError("config key 'distill.teacher_outputs' must be 'online' exactly when distill.mode=online")
@@ -173,18 +186,172 @@ def check(cfg: DictConfig) -> None:
     try:
         validate(tcfg)
     except ConfigError as exc:
-        def name(match: re.Match) -> str:
-            key = match.group(1)
-            spec = cfg.get("teacher") or {}
-            if OmegaConf.select(spec, f"overrides.{key}") is not None:
-                key = f"teacher.overrides.{key}"
-            elif key == "trainer.max_epochs" and spec.get("max_epochs") is not None:
-                key = "teacher.max_epochs"
-            elif key.startswith("model.") and _get(cfg, "distill.mode") == "cross":
-                key = f"teacher.{key}"
-            return f"config key {key!r}"
+        raise in_teacher_config(cfg, exc) from None
 
-        raise ConfigError(re.sub(r"config key '([^']+)'", name, str(exc)) + " (in the teacher's config)") from None
+
+def in_teacher_config(cfg: DictConfig, exc: ConfigError) -> ConfigError:
+    """``exc``, raised for the teacher's config of the student ``cfg``, with the keys named as
+    the student's config spells them (``teacher.overrides.<key>``, ``teacher.max_epochs``)."""
+    def name(match: re.Match) -> str:
+        key = match.group(1)
+        spec = cfg.get("teacher") or {}
+        if OmegaConf.select(spec, f"overrides.{key}") is not None:
+            key = f"teacher.overrides.{key}"
+        elif key == "trainer.max_epochs" and spec.get("max_epochs") is not None:
+            key = "teacher.max_epochs"
+        elif key.startswith("model.") and _get(cfg, "distill.mode") == "cross":
+            key = f"teacher.{key}"
+        return f"config key {key!r}"
+
+    return ConfigError(re.sub(r"config key '([^']+)'", name, str(exc)) + " (in the teacher's config)")
+
+
+# -- keys a command line adds ---------------------------------------------------------------------------
+#: keys something reads that the config tree may leave out: ``+key=value`` adds them
+OPTIONAL_KEYS = (
+    "repair",  # biaskd.train: a run dir that fails verification is set aside and trained anew
+    # conf/logger/wandb.yaml's keys, for a logger config that has only wandb.enabled
+    "logger.wandb.project", "logger.wandb.entity", "logger.wandb.mode", "logger.wandb.tags",
+    "logger.wandb.log_predictions", "logger.wandb.prediction_rows",
+)
+#: nodes open on purpose, whose keys what reads them checks: the teacher's config
+#: (:func:`teacher_config`), the extra eval files (their names are free), the transfer set
+#: (:class:`biaskd.data.transfer.TransferSpec`), the Trainer (:func:`biaskd.preflight.check_trainer`)
+OPEN_NODES = ("teacher.overrides", "task.extra_eval", "transfer", "trainer", "hydra")
+#: nodes whose keys are constructor arguments of their ``_target_`` class -> the arguments the
+#: driver passes itself (biaskd.models.build_model, biaskd.data.build.build_data), and keys of
+#: the node that are not arguments
+TARGET_NODES = {
+    "teacher.model": (("num_classes", "in_shape", "vocab_size", "lm_head"), ("name",)),
+    "model": (("num_classes", "in_shape", "vocab_size", "lm_head"), ("name",)),
+    "task": (("seed",), ("name", "kd")),
+}
+
+
+def check_added_keys(cfg: DictConfig, added: Mapping[str, str]) -> None:
+    """Raise ConfigError for a key the command line added (``+key=value``: ``added`` maps each
+    such key to its override) that nothing reads, with the closest key at its level: a typo such
+    as ``+distill.temprature=3`` would otherwise train, as a run of its own, without effect.
+
+    Open on purpose: :data:`OPEN_NODES`, the options of the run's objective
+    (``distill.<objective>``, checked by the objective), :data:`OPTIONAL_KEYS`, and under
+    :data:`TARGET_NODES` (``model``, ``teacher.model``, ``task``) any argument of the class the
+    node's ``_target_`` names."""
+    if not added:
+        return
+    base = _without(OmegaConf.to_container(cfg, resolve=False), added)
+    for key, override in added.items():
+        _check_added_key(cfg, base, key, override)
+
+
+def _without(tree: dict, keys) -> dict:
+    """``tree`` without ``keys`` (dotted), and without the nodes that held only them."""
+    for key in keys:
+        parts = key.split(".")
+        path = [tree]  # path[d]: the node at parts[:d]
+        for part in parts[:-1]:
+            node = path[-1].get(part)
+            if not isinstance(node, dict):
+                break
+            path.append(node)
+        else:
+            path[-1].pop(parts[-1], None)
+            for d in range(len(parts) - 1, 0, -1):  # what the added key alone made
+                if path[d]:
+                    break
+                path[d - 1].pop(parts[d - 1], None)
+    return tree
+
+
+def _under(key: str, node: str) -> bool:
+    return key == node or key.startswith(node + ".")
+
+
+def _check_added_key(cfg: DictConfig, base: dict, key: str, override: str) -> None:
+    if key in OPTIONAL_KEYS or any(_under(key, node) for node in OPEN_NODES):
+        return
+    if _under(key, "distill") and key != "distill":
+        try:
+            if key.split(".")[1] == objectives.objective_class(_get(cfg, "distill")).name:
+                return  # the objective's own options: objectives.check_config names an unknown one
+        except ConfigError:
+            pass  # an unknown objective: validate() says so
+    for node, (filled_in, not_arguments) in TARGET_NODES.items():
+        if key.startswith(node + "."):
+            arg = key[len(node) + 1:].split(".")[0]
+            if arg not in not_arguments:
+                _check_target_argument(cfg, node, arg, filled_in, override)
+                return
+            break
+    parts = key.split(".")
+    level: Any = base
+    for i, part in enumerate(parts):
+        if not isinstance(level, dict) or part not in level:
+            at = ".".join(parts[:i])
+            known = sorted({*(level if isinstance(level, dict) else {}),
+                            *(k[len(at) + 1:].split(".")[0] if at else k.split(".")[0]
+                              for k in OPTIONAL_KEYS if not at or k.startswith(at + "."))})
+            full = ".".join(parts[: i + 1])
+            hint = did_you_mean(part, known, f"{at}." if at else "")
+            if not hint and known:
+                hint = f"; the keys {'of ' + repr(at) if at else 'at the top level'} are: {', '.join(known)}"
+            raise ConfigError(f"config key {full!r} is not a key biaskd reads ({override} adds it){hint}")
+        level = level[part]
+
+
+def _check_target_argument(cfg: DictConfig, node: str, arg: str, filled_in: tuple, override: str) -> None:
+    """``arg`` under ``node`` must be an argument of the node's ``_target_`` class."""
+    import hydra.utils
+
+    target = OmegaConf.select(cfg, f"{node}._target_", default=None)
+    if not isinstance(target, str):
+        return  # no class to ask: building the node says what is wrong
+    try:
+        cls = hydra.utils.get_class(target)
+    except Exception:
+        return  # the class cannot be imported: building the node says so, naming it
+    key = f"{node}.{arg}"
+    if arg in filled_in:
+        raise ConfigError(f"config key {key!r} ({override}): {arg} is given to {target} by biaskd itself "
+                          f"(from the task), not by the config")
+    names = constructor_arguments(cls)
+    if names is None or arg in names:
+        return
+    known = sorted(n for n in names if n not in filled_in)
+    hint = did_you_mean(arg, known, f"{node}.") or (f"; its arguments: {', '.join(known)}" if known else "")
+    raise ConfigError(f"config key {key!r} is not an argument of {target} ({override} adds it){hint}")
+
+
+def constructor_arguments(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` takes, or None if it takes any keyword. The ``**kwargs``
+    of biaskd's own classes go to their base class's constructor, which is followed; another
+    class's ``**kwargs`` may take anything."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            return names
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            params = inspect.signature(klass.__init__).parameters
+        except (TypeError, ValueError):
+            return None
+        names |= {n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return names
+        if not klass.__module__.startswith("biaskd."):
+            return None
+    return None
+
+
+def did_you_mean(word: str, candidates, prefix: str = "") -> str:
+    """``"; did you mean 'distill.temperature'?"`` for the closest candidate, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
 def canonical(cfg: DictConfig) -> DictConfig:

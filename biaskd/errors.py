@@ -43,3 +43,8 @@ class ArtifactWarning(UserWarning):
         from pathlib import Path
 
         self.path = Path(path)
+
+
+class StorageError(BiaskdError):
+    """A file or folder cannot be written: no space left, a read-only file system, no permission
+    (names the folder; the run resumes when the same command is run again)."""

@@ -1,7 +1,8 @@
 """What a Hydra multirun leaves in its sweep folder, and how far along it is.
 
 Each job writes ``run.txt`` (the run dir it produced) into its own Hydra folder
-(``<sweep>/<job>/``); a failed one writes ``failed.txt`` instead (:mod:`biaskd.cli`). At the end
+(``<sweep>/<job>/``); a failed one writes ``failed.txt`` instead (:mod:`biaskd.cli`: the line the
+sweep printed, and below it the traceback of an exception that is not the project's own). At the end
 the sweep folder gets
 
 * ``runs.txt`` -- the run dirs of the sweep's jobs, one a line, relative to the sweep folder
@@ -29,12 +30,23 @@ from pathlib import Path
 RUN_FILE = "run.txt"  # in a job's Hydra folder: the run dir the job produced
 RUNS_FILE = "runs.txt"  # in the sweep folder: every job's run dir
 FAILURE_FILE = "failed.txt"  # in a failed job's Hydra folder: what failed, one line (biaskd.cli)
+#: in a failure file, below its line: the traceback of an exception that is not the project's own
+TRACEBACK_HEAD = "Traceback (most recent call last):"
 
 
 def record_job(job_dir: str | Path, run_path: str | Path) -> None:
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / RUN_FILE).write_text(str(Path(run_path).resolve()) + "\n")
+
+
+def failure_is_bug(report: str | Path) -> bool:
+    """Whether the job whose ``failed.txt`` is ``report`` was stopped by an exception that is not
+    one of the project's own errors (its traceback follows the line)."""
+    try:
+        return TRACEBACK_HEAD in Path(report).read_text()
+    except OSError:
+        return False
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:

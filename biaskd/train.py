@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from biaskd import artifacts, config as config_mod, schema, teacher_metrics
+from biaskd import artifacts, config as config_mod, preflight, schema, teacher_metrics
 from biaskd.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import Split, TensorBatches
@@ -42,13 +42,17 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
 
     A run is a function of ``cfg`` alone: ``data`` only saves rebuilding splits that ``cfg``'s
     task config would build (batch order and size always come from ``cfg``)."""
+    # everything that can be checked before a run dir (or its lock) exists is, in this order:
+    # the config, the Trainer's settings (the teacher's too), the data, the model, the runs folder
     config_mod.check(cfg)
     cfg = config_mod.canonical(cfg)
+    check_trainers(cfg)
     repair = bool(cfg.get("repair", False))
     set_threads(int(cfg.get("threads", 0) or 0))
     start = time.perf_counter()
     data = data or build_data(cfg)
     data_s = time.perf_counter() - start
+    preflight.check_classes(data, str(cfg.task.name))
     run = run_dir_for(cfg, data)
     if checked_complete(run, repair):
         log.info("complete, skipping: %s", run.path)
@@ -59,11 +63,31 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     recipe.check(cfg, data)
     spec = transfer_mod.spec_of(cfg)
     transfer_set = transfer_mod.build(spec, data)  # before any (teacher) training: bad sources fail fast
-    with run_lock(run):
-        if checked_complete(run, repair):  # another process finished it while we waited
-            log.info("complete, skipping: %s", run.path)
-            return run
-        return _train_run(cfg, data, run, recipe, spec, transfer_set, repair, phases={"data": data_s})
+    preflight.check_writable(absolute(cfg.runs_dir))
+    try:
+        with run_lock(run):
+            if checked_complete(run, repair):  # another process finished it while we waited
+                log.info("complete, skipping: %s", run.path)
+                return run
+            return _train_run(cfg, data, run, recipe, spec, transfer_set, repair, phases={"data": data_s})
+    except OSError as exc:  # a full disk or a folder that became unwritable: one line naming the run
+        error = preflight.storage_error(exc, run.path)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def check_trainers(cfg: DictConfig) -> None:
+    """The ``trainer`` config of the run, and of the teacher it trains first, as lightning.Trainer
+    would take it (:func:`biaskd.preflight.check_trainer`)."""
+    preflight.check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    if cfg.distill.mode in ("self", "cross"):
+        tcfg = config_mod.teacher_config(cfg)
+        if OmegaConf.to_container(tcfg.trainer, resolve=True) != OmegaConf.to_container(cfg.trainer, resolve=True):
+            try:
+                preflight.check_trainer(OmegaConf.to_container(tcfg.trainer, resolve=True))
+            except ConfigError as exc:
+                raise config_mod.in_teacher_config(cfg, exc) from None
 
 
 def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spec, transfer_set,
