@@ -20,11 +20,8 @@ import os
 import re
 import sys
 import time
-<<<<<<< HEAD
-import warnings
-=======
 import traceback
->>>>>>> preflight
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +31,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-<<<<<<< HEAD
 from biaskd.errors import ArtifactWarning, BiaskdError
-from biaskd.sweep import FAILURE_FILE  # in a failed job's Hydra output dir: what failed
-=======
-from biaskd.errors import BiaskdError
 from biaskd.sweep import FAILURE_FILE, failure_is_bug  # in a failed job's Hydra output dir: what failed
->>>>>>> preflight
 
 log = logging.getLogger("biaskd")
 
@@ -67,13 +59,9 @@ class JobFailure:
     bug: bool = False
 
 
-<<<<<<< HEAD
-_state: dict[str, Any] = {"failed": 0, "started": False, "damaged": 0}
-=======
 #: failed: jobs that failed; bugs: of those, the ones stopped by an exception that is not the
-#: project's own
-_state: dict[str, Any] = {"failed": 0, "bugs": 0, "started": False}
->>>>>>> preflight
+#: project's own; damaged: run dirs a sweep's summary found damaged
+_state: dict[str, Any] = {"failed": 0, "bugs": 0, "started": False, "damaged": 0}
 
 
 class SummaryCallback(Callback):
@@ -342,13 +330,10 @@ def main() -> None:
             print(f"error: cannot apply the command line's overrides ({type(exc).__name__}: {exc}); a list in the "
                   "config is indexed by position, e.g. task.ood.0.severity=4", file=sys.stderr)
         sys.exit(1)
-<<<<<<< HEAD
-    if _state["failed"] or _state["damaged"]:
-        sys.exit(ERROR_EXIT)
-=======
     if _state["failed"]:
         sys.exit(1 if _state["bugs"] else ERROR_EXIT)
->>>>>>> preflight
+    if _state["damaged"]:
+        sys.exit(ERROR_EXIT)
 
 
 if __name__ == "__main__":  # python -m biaskd.cli: run the imported module, which Hydra's callback shares
