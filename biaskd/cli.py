@@ -71,9 +71,11 @@ class SummaryCallback(Callback):
         self.job_started = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        from biaskd import sweep
+        from biaskd import distributed, sweep
         from biaskd.summary import summary_line
 
+        if not distributed.is_main():
+            return  # one job, however many processes train it: rank 0 reports it
         if job_return.status != JobStatus.COMPLETED or job_return.return_value is None:
             return  # a bug's exception: Hydra/main() show its traceback
         result = job_return.return_value
@@ -97,8 +99,10 @@ class SummaryCallback(Callback):
                 print(line, file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from biaskd import sweep
+        from biaskd import distributed, sweep
 
+        if not distributed.is_main():
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")) if sweep_dir.is_dir() else []
         written = self._summarize(sweep_dir, failed=len(failed))
@@ -155,9 +159,12 @@ def _app(cfg: DictConfig):
             raise
         from hydra.core.hydra_config import HydraConfig
 
-        out = Path(HydraConfig.get().runtime.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / FAILURE_FILE).write_text(describe(exc) + "\n")
+        from biaskd import distributed
+
+        if distributed.is_main():  # the other processes of a job raise rank 0's error
+            out = Path(HydraConfig.get().runtime.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / FAILURE_FILE).write_text(describe(exc) + "\n")
         return JobFailure(describe(exc))
 
 
