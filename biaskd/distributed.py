@@ -97,10 +97,16 @@ def launch(trainer: Mapping) -> None:
     if _state["held"]:
         raise ConfigError(f"config key 'trainer': a run inside a 1-process run (its teacher) cannot start "
                           f"{_describe(wanted)}; train the student with the same trainer settings")
-    if any(word in strategy for word in ("spawn", "fork", "notebook")):
-        raise ConfigError(f"config key 'trainer.strategy': {strategy!r} trains in processes started for the fit "
+    refused = ConfigError(f"config key 'trainer.strategy': {strategy!r} trains in processes started for the fit "
                           "alone; use strategy=ddp, whose processes run the whole job")
-    fabric.launch()  # the other processes start here and run the same command; the group is up after it
+    if any(word in strategy for word in ("spawn", "fork", "notebook")):
+        raise refused
+    try:
+        fabric.launch()  # the other processes start here and run the same command; the group is up after it
+    except TypeError as exc:  # what Fabric says of a strategy that forks or spawns (e.g. auto, interactively)
+        if "with a function" in str(exc):
+            raise refused from None
+        raise
     import torch.distributed as dist
 
     _state["group"] = dist.new_group(backend="gloo", timeout=WAIT)  # answers between ranks, on the CPU

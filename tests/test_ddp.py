@@ -143,6 +143,7 @@ def test_two_ranks_make_one_job_with_one_writer(two_ranks):
     run_dirs = sorted(p for p in runs.glob("*/*") if p.is_dir() and p.parent.name != "_hydra")
     assert run_dirs == sorted(found.values())  # one run dir per run, nothing half-made beside them
     assert job["out"].count("training teacher:") == 1 and "waiting for another process" not in job["out"]
+    assert "Traceback" not in job["out"]  # rank 1 prints into the same output
     writers = {pid for kind, pid, path in job["events"] if kind == "write" and "_hydra" not in path.parts}
     assert writers == {job["pid"]}, f"written by {writers}, rank 0 is {job['pid']}"
     run_locks = [(pid, path) for kind, pid, path in job["events"]
@@ -264,3 +265,12 @@ def test_one_process_needs_no_launch():
     distributed.launch({"accelerator": "cpu", "devices": 1})
     assert distributed.world_size() == 1 and distributed.shard() is None and distributed.record(64) == {}
     assert distributed.on_main(lambda x: x + 1, 1) == 2
+
+
+def test_a_teacher_cannot_start_processes_inside_a_one_process_run(tmp_path):
+    from biaskd.artifacts import RunDir
+
+    with distributed.run_lock(RunDir(tmp_path / "student")):
+        with pytest.raises(ConfigError, match="inside a 1-process run"):
+            distributed.launch({"accelerator": "cpu", "devices": 2, "strategy": "ddp"})
+    assert distributed.world_size() == 1
