@@ -15,7 +15,7 @@ before the student's included. Here they are made one job:
 * every rank trains its own part of each batch (:func:`shard`, read by
   :class:`biaskd.data.base.TensorBatches`).
 
-A 1-process run never gets here: every function is then the plain call it wraps. The messages
+In a 1-process run every function here is the plain call it wraps. The messages
 between ranks go through a separate gloo group whose timeout is :data:`WAIT`, so a rank can wait
 that long for rank 0 (which may wait for another job's lock on the same run, or evaluate alone).
 """
