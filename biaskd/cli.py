@@ -90,9 +90,11 @@ class SummaryCallback(Callback):
         self.job_started = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        from biaskd import sweep
+        from biaskd import distributed, sweep
         from biaskd.summary import summary_line
 
+        if not distributed.is_main():
+            return  # one job, however many processes train it: rank 0 reports it
         if job_return.status != JobStatus.COMPLETED or job_return.return_value is None:
             return  # a bug's exception: Hydra/main() show its traceback
         result = job_return.return_value
@@ -118,8 +120,10 @@ class SummaryCallback(Callback):
                 print(line, file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from biaskd import sweep
+        from biaskd import distributed, sweep
 
+        if not distributed.is_main():
+            return
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = sorted(sweep_dir.glob(f"*/{FAILURE_FILE}")) if sweep_dir.is_dir() else []
         written = None
@@ -258,9 +262,12 @@ def _failure(exc: Exception) -> JobFailure:
     if bug:
         line += f" (not one of biaskd's own errors; its traceback is in {report}, BIASKD_VERBOSE=1 shows it)"
         text = line + "\n\n" + "".join(traceback.format_exception(exc))
+    from biaskd import distributed
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        report.write_text(text)
+        if distributed.is_main():  # the other processes of a job raise rank 0's error
+            out.mkdir(parents=True, exist_ok=True)
+            report.write_text(text)
     except OSError:  # the folder cannot be written (the error may be just that): the line is still printed
         if bug:
             line = f"{describe(exc)} (not one of biaskd's own errors; BIASKD_VERBOSE=1 shows its traceback)"

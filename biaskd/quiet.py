@@ -20,6 +20,9 @@ KNOWN_WARNINGS = (
     (r".*smaller than the logging interval.*",
      "tiny runs (tests, smoke runs) have fewer batches an epoch than log_every_n_steps; metrics.json "
      "holds the results, the CSV log is a by-product"),
+    (r".*when logging on epoch level in distributed setting.*",
+     "with several processes (trainer=ddp) every process validates on the whole validation split with the "
+     "same weights, so the value each logs is the split's; averaging them over processes adds nothing"),
 )
 #: Lightning's informational lines (devices found, a tip for a hosted logger, why fit stopped)
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from biaskd import artifacts, config as config_mod, preflight, schema, teacher_metrics
+from biaskd import artifacts, config as config_mod, distributed, preflight, schema, teacher_metrics
 from biaskd.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import Split, TensorBatches
@@ -32,7 +32,7 @@ from biaskd.quiet import quiet_libraries
 from biaskd.rebuild import load_model
 from biaskd.recipes import Parts, Recipe, Teacher, recipe_for
 from biaskd.run_record import run_dir_for, run_meta
-from biaskd.trust import checked_complete, keep_csv_log, resume_checkpoint, run_lock
+from biaskd.trust import checked_complete, keep_csv_log, resume_checkpoint
 
 log = logging.getLogger("biaskd")
 
@@ -41,20 +41,23 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     """Train the run ``cfg`` describes (if not already complete) and return its run dir.
 
     A run is a function of ``cfg`` alone: ``data`` only saves rebuilding splits that ``cfg``'s
-    task config would build (batch order and size always come from ``cfg``)."""
+    task config would build (batch order and size always come from ``cfg``). With several
+    processes (``trainer=ddp``) every one of them calls this; :mod:`biaskd.distributed` makes
+    them one job."""
     # everything that can be checked before a run dir (or its lock) exists is, in this order:
     # the config, the Trainer's settings (the teacher's too), the data, the model, the runs folder
     config_mod.check(cfg)
     cfg = config_mod.canonical(cfg)
     check_trainers(cfg)
     repair = bool(cfg.get("repair", False))
+    distributed.launch(cfg.trainer)  # the other processes start here, if the trainer asks for them
     set_threads(int(cfg.get("threads", 0) or 0))
     start = time.perf_counter()
     data = data or build_data(cfg)
     data_s = time.perf_counter() - start
     preflight.check_classes(data, str(cfg.task.name))
     run = run_dir_for(cfg, data)
-    if checked_complete(run, repair):
+    if distributed.on_main(checked_complete, run, repair):
         log.info("complete, skipping: %s", run.path)
         return run
 
@@ -65,8 +68,8 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
     transfer_set = transfer_mod.build(spec, data)  # before any (teacher) training: bad sources fail fast
     preflight.check_writable(absolute(cfg.runs_dir))
     try:
-        with run_lock(run):
-            if checked_complete(run, repair):  # another process finished it while we waited
+        with distributed.run_lock(run):
+            if distributed.on_main(checked_complete, run, repair):  # another job finished it while we waited
                 log.info("complete, skipping: %s", run.path)
                 return run
             return _train_run(cfg, data, run, recipe, spec, transfer_set, repair, phases={"data": data_s})
@@ -102,25 +105,28 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
         phases[name] = phases.get(name, 0.0) + now - clock
         clock = now
 
-    ckpt = resume_checkpoint(run, repair)
+    ckpt = distributed.on_main(resume_checkpoint, run, repair)
     teacher = TEACHERS[recipe.teacher](cfg, data)
     lap("teacher")
     distilled = cfg.distill.mode != "none"
     fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=distilled)
-    fit = recipe.training_split(cfg, fit, teacher)
+    # what rank 0 writes into the teacher's cache (generated sentences, logits), the others read
+    fit = distributed.main_first(recipe.training_split, cfg, fit, teacher)
     model, init_from = build_student(cfg, data)
     # optional torch.compile of the student's step; `model` stays the plain module that is saved
     net = torch.compile(model) if cfg.train.get("compile", False) else model
-    module = recipe.module(Parts(cfg, data, model, net, teacher, fit, optimizer_options(cfg)))
+    module = distributed.main_first(recipe.module, Parts(cfg, data, model, net, teacher, fit, optimizer_options(cfg)))
 
     teacher_run = teacher.run if teacher else None
     meta = run_meta(cfg, data, run, teacher_run, config_mod.run_hash(cfg, data.fingerprint()), init_from)
     meta["transfer"] = {**transfer_mod.record(transfer_set, spec, distilled), "n_fit": len(fit)}
-    meta = start_run_dir(cfg, run, meta, transfer_set)
+    meta.update(distributed.record(int(cfg.task.batch_size)))
+    meta = distributed.on_main(start_run_dir, cfg, run, meta, transfer_set)
 
-    # batch order and size from this run's own config (never from a data object shared with another run)
+    # batch order and size from this run's own config (never from a data object shared with another run);
+    # with several processes, each steps on its part of every batch of batch_size x processes
     train_batches = TensorBatches(fit, int(cfg.task.batch_size), shuffle=True, seed=int(cfg.seed),
-                                  lengths=data.lengths(fit))
+                                  lengths=data.lengths(fit), shard=distributed.shard())
     data.fit_on(train_batches)  # what trainer.fit iterates; the module re-seeds it per epoch
     probe = verb_prefix(data.probe) if is_lm(data) else data.probe  # LM: features before the verb
     steps = default_feature_steps(len(train_batches) * int(cfg.trainer.max_epochs), cfg.train.get("feature_steps"))
@@ -129,7 +135,17 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
     lap("setup")
     wall = fit_run(trainer, module, data, run, ckpt, loggers[0])
     lap("fit")
+    # the processes hold the same weights: rank 0 evaluates every split whole and writes the run
+    distributed.on_main(record_run, cfg, data, run, recipe, model, teacher, transfer_set, probe, trainer, wall,
+                        phases, lap)
+    return run
 
+
+def record_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, model: torch.nn.Module, teacher,
+               transfer_set, probe: Split, trainer: L.Trainer, wall: float, phases: dict, lap) -> None:
+    """After the fit: final weights, outputs and metrics of every eval split, probe features, the
+    comparison with the teacher; the loggers closed, the run marked complete."""
+    teacher_run = teacher.run if teacher else None
     eval_batch = int(cfg.task.get("eval_batch_size", 1024))
     run.write_weights("final", model.state_dict())
     splits = evaluate(model, data, run, eval_batch)
@@ -154,7 +170,6 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
     run.write_metrics(metrics)
     finish_loggers(cfg, trainer, run, splits, data, comparison)
     run.mark_complete(wall_time_s=wall)
-    return run
 
 
 # -- teachers -------------------------------------------------------------------------------------
@@ -169,7 +184,7 @@ def ensure_teacher(cfg: DictConfig, data: TaskData) -> RunDir:
     tcfg = config_mod.teacher_config(cfg)
     tdata = data if _task_spec(tcfg) == _task_spec(cfg) else build_data(tcfg)
     run = run_dir_for(tcfg, tdata)
-    if run.is_complete and not run.verify():
+    if distributed.on_main(lambda: run.is_complete and not run.verify()):
         log.info("teacher found: %s", run.path)
         return run
     log.info("training teacher: %s", run.path)
@@ -238,7 +253,7 @@ def optimizer_options(cfg: DictConfig) -> dict:
 
 
 def set_threads(threads: int) -> None:
-    n = threads if threads and threads > 0 else (os.cpu_count() or 1)
+    n = threads if threads and threads > 0 else (distributed.cpu_threads() or os.cpu_count() or 1)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -311,11 +326,13 @@ def fit_run(trainer: L.Trainer, module: L.LightningModule, data: TaskData, run: 
     start = time.perf_counter()
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
-        keep_csv_log(csv_logger, run, ckpt)
+        if distributed.is_main():
+            keep_csv_log(csv_logger, run, ckpt)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except TrainingError as exc:
-        run.mark_failed(str(exc))
+        if distributed.is_main():
+            run.mark_failed(str(exc))
         raise
     wall = time.perf_counter() - start
     if trainer.interrupted:

@@ -72,6 +72,14 @@ class TensorBatches:
     resumed run sees the same batch order. Optional ``buckets`` (an array of lengths) sorts
     each shuffled chunk of ``bucket_factor`` batches by length before slicing, so sequence
     batches hold similar lengths and can be trimmed to their longest member.
+
+    ``shard=(rank, world)`` (a run trained by ``world`` processes): the order and the batches are
+    those of ``batch_size * world`` examples that one process would draw, and this process gets
+    its part of each (contiguous, sizes differing by at most one), so the processes together
+    step on exactly the 1-process batches. A part that is not ``1/world`` of its batch (a short
+    last batch) carries ``loss_scale = world * len(part) / len(batch)``: the loss multiplied by it,
+    averaged over the processes, is the batch mean. A process left without examples gets one with
+    scale 0.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class TensorBatches:
         drop_last: bool = False,
         lengths: torch.Tensor | None = None,
         bucket_factor: int = 50,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -93,11 +102,14 @@ class TensorBatches:
         self.drop_last = drop_last
         self.lengths = lengths
         self.bucket_factor = bucket_factor
+        self.shard = shard
+        #: the examples of one step over all processes
+        self.global_batch = batch_size * (shard[1] if shard else 1)
         self.epoch = 0
 
     def __len__(self) -> int:
         n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -109,7 +121,7 @@ class TensorBatches:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(n, generator=g)
         if self.lengths is not None:
-            chunk = self.batch_size * self.bucket_factor
+            chunk = self.global_batch * self.bucket_factor
             parts = []
             for start in range(0, n, chunk):
                 part = order[start : start + chunk]
@@ -118,7 +130,8 @@ class TensorBatches:
             # shuffle the batches themselves so lengths do not rise monotonically within a chunk
             nb = len(self)
             batch_order = torch.randperm(nb, generator=g)
-            return torch.cat([order[b * self.batch_size : (b + 1) * self.batch_size] for b in batch_order.tolist()])
+            size = self.global_batch
+            return torch.cat([order[b * size : (b + 1) * size] for b in batch_order.tolist()])
         return order
 
     def to(self, device: torch.device | str) -> "TensorBatches":
@@ -132,6 +145,9 @@ class TensorBatches:
         return self
 
     def __iter__(self):
+        if self.shard is not None:
+            yield from self._shard_batches()
+            return
         order = self._order()
         x, y = self.split.x, self.split.y
         trim = self.lengths is not None and x.dim() == 2
@@ -143,6 +159,31 @@ class TensorBatches:
             if trim:  # lengths stay on the CPU: the width is known without waiting on the device
                 xb = xb[:, : int(self.lengths[order[rows]].max())]
             yield {"x": xb, "y": y[idx], "idx": idx}
+        self.epoch += 1
+
+    def _shard_batches(self):
+        """This process's part of every batch (see the class docstring)."""
+        rank, world = self.shard
+        order = self._order()
+        x, y = self.split.x, self.split.y
+        trim = self.lengths is not None and x.dim() == 2
+        n = len(order)
+        for b in range(len(self)):
+            start = b * self.global_batch
+            size = min(self.global_batch, n - start)
+            part = torch.tensor_split(torch.arange(start, start + size), world)[rank]
+            scale = world * len(part) / size
+            if len(part) == 0:
+                part, scale = torch.arange(start, start + 1), 0.0
+            rows = order[part]
+            idx = rows.to(x.device) if x.device != rows.device else rows
+            xb = x[idx]
+            if trim:
+                xb = xb[:, : int(self.lengths[rows].max())]
+            batch = {"x": xb, "y": y[idx], "idx": idx}
+            if scale != 1.0:
+                batch["loss_scale"] = scale
+            yield batch
         self.epoch += 1
 
 

@@ -36,7 +36,8 @@ def batched_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 
 class TrainingPathRecorder(L.Callback):
     """Saves probe-set features and the model's state dict at the configured global steps.
 
-    Step 0 is the initialisation. Files already present (a resumed run) are kept.
+    Step 0 is the initialisation. Files already present (a resumed run) are kept. With several
+    processes, global rank 0 records (their weights are the same).
     """
 
     def __init__(self, run: artifacts.RunDir, probe: Split, steps: list[int]) -> None:
@@ -54,17 +55,19 @@ class TrainingPathRecorder(L.Callback):
         self.run.write_features(step, feats, self.probe.ids, step)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step in self._step_set:
+        if trainer.global_step in self._step_set and trainer.is_global_zero:
             self.record(pl_module.model, trainer.global_step)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.record(pl_module.model, trainer.global_step)
+        if trainer.is_global_zero:
+            self.record(pl_module.model, trainer.global_step)
 
 
 class FiniteLossGuard(L.Callback):
     """Stops training with a clear error when the loss becomes NaN or infinite.
 
-    Checked every ``every`` steps so that a GPU step does not wait on the host each time.
+    Checked every ``every`` steps so that a GPU step does not wait on the host each time. With
+    several processes they decide together (a loss that is not finite in any of them stops all).
     """
 
     def __init__(self, every: int = 1) -> None:
@@ -77,9 +80,13 @@ class FiniteLossGuard(L.Callback):
         if loss is None:
             return
         value = float(loss.detach())  # ~0.3 µs on a CPU; torch.isfinite + bool costs ~10 µs
-        if not math.isfinite(value):
+        bad = not math.isfinite(value)
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            what = value if not math.isfinite(value) else f"not finite in another process (here {value})"
             raise TrainingError(
-                f"loss became {value} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"loss became {what} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
                 "lower the learning rate or check the inputs"
             )
 

@@ -72,6 +72,8 @@ class ClassifierModule(L.LightningModule):
         if (self.global_step + 1) % max(1, every) == 0:
             if kw.get("prog_bar") and trainer is not None and trainer.progress_bar_callback is None:
                 kw["prog_bar"] = False
+            if trainer is not None and trainer.world_size > 1:
+                kw["sync_dist"] = True  # the mean over the processes' parts of the batch
             self.log(name, value, on_step=True, on_epoch=False, **kw)
 
     def loss_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -100,7 +102,9 @@ class ClassifierModule(L.LightningModule):
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         loss = self.loss_step(batch, batch_idx)
-        self.manual_backward(loss)
+        # a process's share of a short last batch (several processes: biaskd.data.base.TensorBatches)
+        scale = batch.get("loss_scale")
+        self.manual_backward(loss if scale is None else loss * scale)
         if self.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
