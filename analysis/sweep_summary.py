@@ -178,7 +178,7 @@ def write_summary(sweep_dir: str | Path, failed: int = 0) -> tuple[Path, str] | 
         lines += ["## Accuracy per eval split", "", markdown_table(accuracy), ""]
     agree = agreement_table_md(teacher)
     if agree is not None:
-        lines += ["## Agreement with the teacher", "",
+        lines += ["## Top-1 agreement with the teacher", "",
                   "Top-1 agreement per eval split with the teacher in the `teacher` column (of the student's seed), "
                   f"`{BIAS}` = the mean over every eval split but `test`; `probe CKA` = linear CKA of the probe-set "
                   "features with the teacher's. Independent and self-distilled students are compared with the "
