@@ -101,10 +101,12 @@ def test_a_sweep_recipe_without_m_is_refused_in_one_line(tmp_path):
 
 
 def test_one_run_of_a_sweep_recipe_when_every_swept_key_is_set(tmp_path):
-    p = _biaskd("experiment=toy_grid", "model=mlp_small", "model@teacher.model=cnn_small", "distill=none",
+    p = _biaskd("experiment=toy_grid", "model=mlp_small", "model@teacher.model=cnn_small", "distill=cross",
                 *[o for o in TINY if not o.startswith(("task=", "model"))], "runs_dir=runs", cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "[mlp_small independent seed=1]" in p.stdout
+    assert "[mlp_small cross-distilled from cnn_small seed=1]" in p.stdout
+    # the run's table: accuracy, then the measures against its teacher
+    assert "test ECE" in p.stdout and "agreement with the teacher per eval split, mean JS divergence, probe CKA" in p.stdout
 
 
 def test_analysis_commands_end_in_one_line_on_a_folder_without_runs(tmp_path, capsys):
