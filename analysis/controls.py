@@ -301,7 +301,8 @@ def paired_frame(values: pd.DataFrame, comps: list[Comparison], sweep: Sweep) ->
                     rows.append({"teacher": sweep.teacher_label[c.teacher], "distilled": c.distilled,
                                  "control": control, "control_configuration": label, "metric": metric,
                                  "split": split, "n_pairs": test["n_pairs"], "seeds": test["seeds"],
-                                 "mean_distilled": float(d[seeds].mean()) if seeds else math.nan,
+                                 # over the paired seeds; without a pair, over the distilled run's own
+                                 "mean_distilled": float(d[seeds].mean() if seeds else d.mean()) if len(d) else math.nan,
                                  "mean_control": float(ctl[seeds].mean()) if seeds else math.nan,
                                  "mean_diff": test["mean_diff"], "diff_half_width": hw,
                                  "ci_low": test["mean_diff"] - hw, "ci_high": test["mean_diff"] + hw,
@@ -324,8 +325,10 @@ def format_diff(mean: float, half_width: float, n: int, digits: int = 3) -> str:
     return f"{mean:+.{digits}f} [{mean - half_width:.{digits}f}, {mean + half_width:.{digits}f}]"
 
 
-def diff_text(row) -> str:
-    return format_diff(row["mean_diff"], row["diff_half_width"], int(row["n_pairs"]), DIGITS.get(row["metric"], 3))
+def diff_text(row, seeds_said: bool = False) -> str:
+    """A paired difference as text; ``seeds_said``: the number of seeds is said elsewhere."""
+    text = format_diff(row["mean_diff"], row["diff_half_width"], int(row["n_pairs"]), DIGITS.get(row["metric"], 3))
+    return text.split(" (")[0] if seeds_said else text
 
 
 def headline_split(bias: list[str]) -> str:
@@ -349,7 +352,7 @@ def sentences(paired: pd.DataFrame, bias: list[str]) -> list[str]:
             row = row.iloc[0]
             name = {"accuracy": "accuracy", "teacher_agreement": f"agreement with {teacher}",
                     "teacher_js": "JS divergence", "teacher_cka": f"probe CKA with {teacher}"}[metric]
-            parts.append(f"{name} {diff_text(row)}")
+            parts.append(f"{name} {diff_text(row, seeds_said=True)}")
             if not math.isnan(row["diff_half_width"]) and (row["ci_low"] > 0 or row["ci_high"] < 0):
                 clear.append(f"{METRIC_NAMES[metric]} {'higher' if row['mean_diff'] > 0 else 'lower'}")
         if not parts:

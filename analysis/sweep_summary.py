@@ -123,6 +123,8 @@ def paired_table(paired: pd.DataFrame, bias: list[str], compact: bool) -> dict[t
                                         "distilled": _number(r["mean_distilled"], digits)})
             row[f"− {r['control']}"] = diff_text(r)
             row[r["control"]] = _number(r["mean_control"], digits)
+        if compact:  # a measure no control could be paired on (an online student's co-trained teacher)
+            rows = {k: r for k, r in rows.items() if any(v != "–" for c, v in r.items() if c.startswith("− "))}
         frame = pd.DataFrame(list(rows.values()))
         order = ["metric", "split", "distilled"] + [c for c in ("independent", "self-distilled", "− independent",
                                                                  "− self-distilled") if c in frame.columns]
@@ -191,6 +193,9 @@ def write_summary(sweep_dir: str | Path, failed: int = 0) -> tuple[Path, str] | 
         lines += [f"- {s}" for s in said] + [""]
         for (t, d), table in paired_table(paired, bias, compact=False).items():
             lines += [f"### {d} (teacher {t})", "", markdown_table(table), ""]
+    if any(k[1].endswith("(co-trained)") for k in sweep.teachers):
+        sweep.notes.append("An online student's teacher is trained alongside it and not saved: its agreement, JS and "
+                           "CKA with that teacher are its own (metrics.json); no control can be compared with it.")
     if sweep.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in sorted(set(sweep.notes))] + [""]
     path = sweep_dir / "summary.md"

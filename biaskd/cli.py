@@ -108,7 +108,7 @@ class SummaryCallback(Callback):
         written = self._summarize(sweep_dir, failed=len(failed))
         if written:  # from the sweep folder, so jobs run in other processes count too
             path, table = written
-            print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path} and summary.csv; run dirs: "
+            print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path}, summary.csv and paired.csv; run dirs: "
                   f"{sweep_dir / sweep.RUNS_FILE}\nreport: python -m analysis.report {sweep_dir} --out <folder>",
                   flush=True)
             if config.get("sweep_note"):
