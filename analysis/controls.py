@@ -99,12 +99,27 @@ def _compared_teacher(run: Run, cache: dict[Path, Run | None], notes: list[str])
     return cache[path]
 
 
+def _own_teacher(run: Run, notes: list[str]) -> Run | None:
+    """A distilled student's teacher run, or None (with a note) when it cannot be read."""
+    try:
+        return run.teacher
+    except ArtifactError as exc:
+        notes.append(f"{run.path.name}: {exc}")
+        return None
+
+
 def load_sweep(run_paths: list[Path]) -> Sweep:
-    runs = with_teachers(load_run(p) for p in run_paths)
+    loaded, notes = [], []
+    for path in run_paths:
+        try:
+            loaded.append(load_run(path))
+        except ArtifactError as exc:  # moved or removed since its job ran
+            notes.append(f"left out: {exc}")
+    runs = with_teachers(loaded)
     students = [r for r in runs if r.role != "teacher"]
     frame = run_frame(runs)
     label = frame.drop_duplicates("run").set_index("run")["configuration"].to_dict()
-    sweep = Sweep(runs, students, label)
+    sweep = Sweep(runs, students, label, notes=notes)
     cache: dict[Path, Run | None] = {r.path.resolve(): r for r in runs}
     # a teacher per key and student seed: distilled students' own teachers first, then the ones
     # independent students were compared with
@@ -113,7 +128,7 @@ def load_sweep(run_paths: list[Path]) -> Sweep:
             if s.distill == "online":
                 continue
             if kind == "distilled":
-                t = s.teacher if s.distill != "none" else None
+                t = _own_teacher(s, sweep.notes) if s.distill != "none" else None
             else:
                 t = _compared_teacher(s, cache, sweep.notes) if s.distill == "none" else None
             if t is None or t.task != s.task:
@@ -209,7 +224,7 @@ def comparisons(sweep: Sweep) -> list[Comparison]:
             sweep.teacher_label.setdefault(key, f"{first.teacher_model}, co-trained (online)")
             sweep.teachers.setdefault(key, {})
         else:
-            t = next((m.teacher for m in members if m.teacher is not None), None)
+            t = next((t for t in (_own_teacher(m, sweep.notes) for m in members) if t is not None), None)
             if t is None or t.path.resolve() not in keys:
                 continue
             key = keys[t.path.resolve()]

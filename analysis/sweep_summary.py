@@ -50,7 +50,7 @@ def teacher_summary(values: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """Mean ± 95% CI over seeds of the measures against each teacher, per configuration and split."""
     part = values[values["metric"].isin(TEACHER_METRICS)]
     if part.empty:
-        return pd.DataFrame(columns=["configuration", "teacher"])
+        return pd.DataFrame(columns=["configuration", "teacher", "split", "metric", "text", "seeds", "n"])
     cols = [k for k in tables.CONFIG_KEYS + ["epochs"] if k in frame.columns]
     info = frame.drop_duplicates("run").set_index("run")[cols]
     part = part.drop(columns=["distill", "teacher_key"]).join(info, on="run")
