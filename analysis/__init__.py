@@ -15,7 +15,8 @@ Reads run dirs only (never trains). Modules, each with one job:
 * :mod:`analysis.report` -- ``python -m analysis.report RUNS... --out DIR``: its sections in
   :mod:`analysis.sections_metrics` and :mod:`analysis.sections_representations`, written
   through :mod:`analysis.markdown`
-* :mod:`analysis.sweep_summary` -- ``summary.csv`` / ``summary.md`` of a finished sweep
+* :mod:`analysis.sweep_summary` -- ``summary.csv`` / ``paired.csv`` / ``summary.md`` of a finished sweep,
+  from :mod:`analysis.controls` (each student against the teacher it is a control for, paired by seed)
 * :mod:`analysis.reference` -- ``python -m analysis.reference --vision RUNS --language RUNS --out results``:
   per-scenario reports plus a README with a verdict on each of the paper's claims, from
   :mod:`analysis.scenario` (a scenario's runs and tables), :mod:`analysis.claims` (the claims as

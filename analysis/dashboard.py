@@ -20,6 +20,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from biaskd.errors import ArtifactError
+
 #: W&B refuses larger Tables logged to a run; longer CSVs are cut (the whole file is saved too)
 MAX_TABLE_ROWS = 10_000
 
@@ -41,7 +43,8 @@ def log_report(folder: str | Path, group: str | None = None, project: str = "bia
 
     root = Path(folder).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"report folder {root} does not exist")
+        raise ArtifactError(f"report folder {folder} does not exist (write one with python -m analysis.report RUNS "
+                            f"--out {folder})")
     csvs = sorted(p for p in root.rglob("*.csv") if "wandb" not in p.relative_to(root).parts)
     pngs = sorted(p for p in root.rglob("*.png") if "wandb" not in p.relative_to(root).parts)
     docs = sorted(p for p in root.rglob("*.md") if "wandb" not in p.relative_to(root).parts)

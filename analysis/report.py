@@ -80,15 +80,17 @@ class Progress:
 
 
 def build_report(paths: Sequence[str | Path], out: str | Path, *, measure: str = "linear_cka",
-                 seed: int = 0, progress: bool = True) -> Path:
+                 seed: int = 0, progress: bool = True, require_runs: bool = False) -> Path:
     """Write ``out/report.md`` with its figures and CSVs; returns the report's path. With
     ``progress``, a line on stderr after reading the runs and after each section, and one for
-    each run dir left out (as in the report's notes)."""
+    each run dir left out (as in the report's notes). With ``require_runs``, no complete run dir
+    under ``paths`` is an :class:`ArtifactError` (and no report is written) instead of a report
+    that says so."""
     out = Path(out)
     rep = Report(out)
     steps = Progress(total=1 + len(SECTION_NAMES), enabled=progress)
     with _each_warning_once():
-        return _build(rep, steps, paths, measure, seed)
+        return _build(rep, steps, paths, measure, seed, require_runs)
 
 
 class _OncePerMessage(logging.Filter):
@@ -122,11 +124,18 @@ def _each_warning_once():
         log.removeHandler(handler)
 
 
-def _build(rep: Report, steps: Progress, paths: Sequence[str | Path], measure: str, seed: int) -> Path:
+def _build(rep: Report, steps: Progress, paths: Sequence[str | Path], measure: str, seed: int,
+           require_runs: bool = False) -> Path:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = readable_runs(with_teachers(find_runs(*paths)))
         frame = runs_frame(runs)
+    if not runs and require_runs:
+        notes = _notes(caught)
+        raise ArtifactError("no complete run dirs under " + ", ".join(map(str, paths))
+                            + (f" ({len(notes)} left out; the first: {notes[0]})" if notes else
+                               " (a run dir holds meta.json and COMPLETE; a sweep folder lists its run dirs in "
+                               "runs.txt)"))
     steps.step(f"read {len(runs)} run dir(s)")
     for note in _notes([w for w in caught if isinstance(w.message, RunProblem)]):
         steps.note(f"[report] {note}")
@@ -198,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="W&B group of that run (default: the runs' experiment_name, when they share one)")
     ap.add_argument("--wandb-project", default="biaskd", help="W&B project (default: biaskd, as logger=wandb)")
     args = ap.parse_args(argv)
-    path = build_report(args.runs, args.out, measure=args.measure, seed=args.seed)
+    path = build_report(args.runs, args.out, measure=args.measure, seed=args.seed, require_runs=True)
     print(f"wrote {path}", file=sys.stderr)
     if args.wandb:
         from analysis.dashboard import log_report

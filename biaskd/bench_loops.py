@@ -71,15 +71,24 @@ def run_trainer_fit(module: L.LightningModule, split: Split, batch_size: int, ep
     """Examples per second of ``Trainer.fit`` as a run trains: the Trainer of
     :func:`biaskd.train.make_trainer` with ``conf/trainer/cpu.yaml`` (deterministic algorithms,
     progress bar), a CSV logger, the epoch checkpoint, the finite-loss guard and the
-    training-path recorder (no steps recorded mid-run). The bar draws to /dev/null.
-    ``stock_progress_bar``: Lightning's own bar, redrawn every step, in place of ours."""
+    training-path recorder (no steps recorded mid-run), and the configured callbacks
+    (``conf/callbacks/default.yaml``: the progress bar). The bar draws to /dev/null.
+    ``stock_progress_bar``: Lightning's bar with its default settings (redrawn every step) in
+    place of the configured one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress import ProgressBar
     from lightning.pytorch.loggers import CSVLogger
     from omegaconf import OmegaConf
 
     from biaskd.artifacts import RunDir
-    from biaskd.modules.callbacks import ThrottledProgressBar
-    from biaskd.train import make_trainer
+    from biaskd.train import configured_callbacks, make_trainer
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        callbacks = configured_callbacks(compose("config"))
+    GlobalHydra.instance().clear()
 
     tcfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "trainer" / "cpu.yaml"))
     tcfg["max_epochs"] = epochs
@@ -87,10 +96,11 @@ def run_trainer_fit(module: L.LightningModule, split: Split, batch_size: int, ep
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull, \
             contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
         run = RunDir(tmp)
-        trainer = make_trainer(tcfg, run, [CSVLogger(tmp, name="logs", version="")], split.subset(range(64)), [])
+        trainer = make_trainer(tcfg, run, [CSVLogger(tmp, name="logs", version="")], split.subset(range(64)), [],
+                               callbacks=callbacks)
         trainer.callbacks.insert(0, timer)  # its on_train_end first: the final path record is not a step cost
         if stock_progress_bar:
-            i = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ThrottledProgressBar))
+            i = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ProgressBar))
             trainer.callbacks[i] = TQDMProgressBar()
         trainer.fit(module, datamodule=_Data(split, batch_size, lengths))
     return len(split) * epochs / timer.seconds

@@ -106,14 +106,18 @@ class SummaryCallback(Callback):
             _state["failed"] += 1
             _state["bugs"] += result.bug
             if multirun:
-                print(f"[job failed] {' '.join(job_return.overrides)}: {result.message}", file=sys.stderr, flush=True)
+                line = f"[job failed] {' '.join(job_return.overrides)}: {result.message}"
+                print(line, file=sys.stderr, flush=True)
+                _to_job_log(line, logging.ERROR)
             else:
                 print(f"error: {result.message}", file=sys.stderr, flush=True)
         else:
             self.runs.append(result)
             sweep.record_job(config.hydra.runtime.output_dir, result.path)
             with _damage_reported("the job's summary line"):
-                print(summary_line(result, since=self.job_started) + objective, flush=True)
+                line = summary_line(result, since=self.job_started) + objective
+                print(line, flush=True)
+                _to_job_log(line)
         if multirun:
             line = sweep.progress_line(config.hydra.sweep.dir)
             if line:
@@ -131,7 +135,7 @@ class SummaryCallback(Callback):
             written = self._summarize(sweep_dir, failed=len(failed))
         if written:  # from the sweep folder, so jobs run in other processes count too
             path, table = written
-            print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path} and summary.csv; run dirs: "
+            print(f"\n{table}\n\nsummary (mean ± 95% CI over seeds): {path}, summary.csv and paired.csv; run dirs: "
                   f"{sweep_dir / sweep.RUNS_FILE}\nreport: python -m analysis.report {sweep_dir} --out <folder>",
                   flush=True)
             if config.get("sweep_note"):
@@ -156,11 +160,15 @@ class SummaryCallback(Callback):
         return None
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from biaskd.summary import format_table, summary_table
+        from biaskd.summary import format_table, summary_table, teacher_table
 
         if self.runs:
             with _damage_reported("the summary table"):
                 print("\n" + format_table(summary_table(self.runs)), flush=True)
+                measures = teacher_table(self.runs)
+                if len(measures):
+                    print("\nagreement with the teacher per eval split, mean JS divergence, probe CKA:\n"
+                          + format_table(measures), flush=True)
 
 
 @contextlib.contextmanager
@@ -274,17 +282,52 @@ def _failure(exc: Exception) -> JobFailure:
     return JobFailure(line, bug)
 
 
+def _to_job_log(line: str, level: int = logging.INFO) -> None:
+    """``line`` into the job's log file too (Hydra's ``<job dir>/biaskd.log``), not a second time on
+    the console."""
+    record = logging.LogRecord(log.name, level, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _refuse_a_sweep_without_m() -> None:
+    """A recipe that sweeps (``hydra.sweeper.params``) run without ``-m`` would quietly do one run
+    of it: a ConfigError, unless the command line sets every swept key (one run of the sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    params = OmegaConf.select(hc, "sweeper.params") or {}
+    if hc.mode != RunMode.RUN or not params:
+        return
+    task = list(hc.overrides.task)
+    given = {o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(task)}
+    unset = [k for k in params if k not in given]
+    if unset:
+        from biaskd.errors import ConfigError
+
+        recipe = next((o for o in task if o.split("=")[0] in ("experiment", "hparams_search")), "the config")
+        raise ConfigError(f"{recipe} is a sweep over {', '.join(params)}: add -m to run it (biaskd -m "
+                          f"{' '.join(task)}), or set {', '.join(unset)} on the command line for one of its runs")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig):
     _state["started"] = True
     try:
         from biaskd.config import check, check_added_keys
 
+        _refuse_a_sweep_without_m()
         check_added_keys(cfg, _added_keys(cfg))  # a key the command line added that nothing reads
         check(cfg)  # a bad config speaks before the training stack is imported
         from biaskd.train import train
 
         run = train(cfg)
+        if run is None:  # trainer.fast_dev_run: nothing was kept (its line is in the log)
+            return None
         if cfg.get("optimized_metric"):  # a search: the sweeper gets a number, the callback the run
             from biaskd.search import last_logged
 

@@ -32,6 +32,7 @@ TEACHER_PROTOCOL = 2
 _NOT_IDENTITY = {
     "runs_dir", "data_dir", "logger", "experiment_name", "threads", "hydra", "summary", "repair", "sweep_note",
     "optimized_metric", "scenario",
+    "callbacks",  # Lightning callbacks that only watch a run (progress bar); ones that change it: train.callbacks
 }
 _NOT_IDENTITY_NESTED = {
     "trainer": {"enable_progress_bar", "log_every_n_steps", "enable_model_summary"},

@@ -1,6 +1,6 @@
 """Training objectives shared by every scenario.
 
-``kd_loss`` is Hinton et al.'s soft-target distillation loss, exactly as DESIGN.md defines it:
+``kd_loss`` is Hinton et al.'s soft-target distillation loss, exactly as docs/design.md defines it:
 
     L = α · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − α) · CE(y, z_s)
 
@@ -51,7 +51,7 @@ def _weighted_kl(
 ) -> torch.Tensor:
     """``weight`` × the mean over examples (or unmasked positions) of KL(p ‖ softmax(z_s/T)),
     given ``log_p = log p``: the KL of each row is Σ_c p_c (log p_c − log q_c), as in
-    DESIGN.md; ``F.kl_div(log_q, log_p, log_target=True)`` computes exactly these terms in one
+    docs/design.md; ``F.kl_div(log_q, log_p, log_target=True)`` computes exactly these terms in one
     call, and without a mask the batch mean and the weight are one multiplication."""
     s, m = _flatten(student_logits, mask)
     log_p, _ = _flatten(log_p, None)

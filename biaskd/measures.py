@@ -3,7 +3,7 @@
 A run logs its agreement with its teacher and the CKA of its probe features with the teacher's
 (:mod:`biaskd.teacher_metrics`); the analysis recomputes the same quantities from run dirs
 (:mod:`analysis.agreement`, :mod:`analysis.similarity`). Both call these functions, so a number
-on the dashboard and the number in the report are one definition (DESIGN.md):
+on the dashboard and the number in the report are one definition (docs/design.md):
 
 * :func:`top1_agreement` -- how often two models predict the same class;
 * :func:`js_divergence` -- mean Jensen–Shannon divergence of their output distributions (nats);

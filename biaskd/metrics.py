@@ -1,4 +1,4 @@
-"""Evaluation metrics, as DESIGN.md defines them.
+"""Evaluation metrics, as docs/design.md defines them.
 
 Accuracy and ECE come from torchmetrics (ECE: 15 equal-width confidence bins, L1). The
 agreement-specific aggregates are written here because no library has them:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks.progress import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from biaskd import artifacts, config as config_mod, distributed, preflight, schema, teacher_metrics
@@ -25,28 +27,35 @@ from biaskd.data.datamodule import TaskData
 from biaskd.errors import ConfigError, TrainingError
 from biaskd.models import build_model, check_model
 from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, LogInCheckpoint, RunLogger,
-                                     ThrottledProgressBar, TrainingPathRecorder, batched_features)
+                                     TrainingPathRecorder, batched_features)
 from biaskd.modules.lm import is_lm, verb_prefix
 from biaskd.predict import evaluate, transfer_signal
 from biaskd.quiet import quiet_libraries
 from biaskd.rebuild import load_model
 from biaskd.recipes import Parts, Recipe, Teacher, recipe_for
 from biaskd.run_record import run_dir_for, run_meta
+from biaskd.sweep import duration
 from biaskd.trust import checked_complete, keep_csv_log, resume_checkpoint
 
 log = logging.getLogger("biaskd")
 
 
-def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir:
+def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir | None:
     """Train the run ``cfg`` describes (if not already complete) and return its run dir.
 
     A run is a function of ``cfg`` alone: ``data`` only saves rebuilding splits that ``cfg``'s
     task config would build (batch order and size always come from ``cfg``). With several
     processes (``trainer=ddp``) every one of them calls this; :mod:`biaskd.distributed` makes
-    them one job."""
+    them one job.
+
+    With ``trainer.fast_dev_run`` (Lightning's check of the whole loop on a batch or a few), the
+    run and any teacher it needs are made in a scratch folder that is removed afterwards: such a
+    run is never complete where real runs live. Returns None then."""
     # everything that can be checked before a run dir (or its lock) exists is, in this order:
     # the config, the Trainer's settings (the teacher's too), the data, the model, the runs folder
     config_mod.check(cfg)
+    if OmegaConf.select(cfg, "trainer.fast_dev_run", default=False) and not _in_scratch(cfg):
+        return _fast_dev_run(cfg, data)
     cfg = config_mod.canonical(cfg)
     check_trainers(cfg)
     repair = bool(cfg.get("repair", False))
@@ -131,7 +140,8 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
     probe = verb_prefix(data.probe) if is_lm(data) else data.probe  # LM: features before the verb
     steps = default_feature_steps(len(train_batches) * int(cfg.trainer.max_epochs), cfg.train.get("feature_steps"))
     loggers = _loggers(cfg, run, meta)
-    trainer = make_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), run, loggers, probe, steps)
+    trainer = make_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), run, loggers, probe, steps,
+                           callbacks=configured_callbacks(cfg))
     lap("setup")
     wall = fit_run(trainer, module, data, run, ckpt, loggers[0])
     lap("fit")
@@ -147,6 +157,8 @@ def record_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, mod
     comparison with the teacher; the loggers closed, the run marked complete."""
     teacher_run = teacher.run if teacher else None
     eval_batch = int(cfg.task.get("eval_batch_size", 1024))
+    log.info("evaluating on %d eval split(s) (%s: %s examples)", len(data.evals), ", ".join(data.evals),
+             f"{sum(len(s) for s in data.evals.values()):,}")
     run.write_weights("final", model.state_dict())
     splits = evaluate(model, data, run, eval_batch)
     lap("evaluate")
@@ -167,9 +179,39 @@ def record_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, mod
     if comparison is not None:
         comparison.add_to(metrics)
     lap("teacher_measures")
+    log.info("evaluated in %s (eval splits %s, probe features %s, teacher measures %s; trained in %s)",
+             duration(phases["evaluate"] + phases["features"] + phases["teacher_measures"]),
+             duration(phases["evaluate"]), duration(phases["features"]), duration(phases["teacher_measures"]),
+             duration(wall))
     run.write_metrics(metrics)
     finish_loggers(cfg, trainer, run, splits, data, comparison)
     run.mark_complete(wall_time_s=wall)
+
+
+# -- fast_dev_run: the whole driver on a batch, nothing kept ----------------------------------------
+_SCRATCH: set[str] = set()  # the scratch runs folders of the fast_dev_runs in progress
+
+
+def _in_scratch(cfg: DictConfig) -> bool:
+    return str(cfg.get("runs_dir")) in _SCRATCH
+
+
+def _fast_dev_run(cfg: DictConfig, data: TaskData | None) -> None:
+    """Train, evaluate and measure ``cfg``'s run (and its teacher) with Lightning's fast_dev_run
+    in a scratch runs folder, log the run's line, and remove the folder."""
+    from biaskd.summary import summary_line
+
+    with tempfile.TemporaryDirectory(prefix="biaskd-fast-dev-run-") as scratch:
+        cfg = cfg.copy()
+        cfg.runs_dir = scratch
+        _SCRATCH.add(scratch)
+        try:
+            run = train(cfg, data)
+            log.info("fast_dev_run: %s; nothing kept (the run and its teacher were made in a scratch folder, "
+                     "now removed)", summary_line(run).split(" -> ")[0])
+        finally:
+            _SCRATCH.discard(scratch)
+    return None
 
 
 # -- teachers -------------------------------------------------------------------------------------
@@ -286,21 +328,53 @@ def default_feature_steps(total_steps: int, configured: list[int] | None) -> lis
 
 
 def _loggers(cfg: DictConfig, run: RunDir, meta: dict) -> list:
+    """The CSV log (in code: resuming keeps its rows, a search reads its last value), W&B (in code:
+    its group, job type and tags come from the run's meta.json) and every ``logger.<name>`` entry
+    with a ``_target_`` (any Lightning logger; ``save_dir`` defaults to the run dir)."""
     loggers: list = [RunLogger(run)]  # logs/metrics.csv, written atomically
     lcfg = cfg.get("logger") or {}
     if lcfg.get("wandb", {}).get("enabled", False):
         from biaskd.wandb_logging import make_wandb_logger
 
         loggers.append(make_wandb_logger(cfg, run, meta))
+    for node in lcfg.values():
+        if OmegaConf.is_dict(node) and "_target_" in node:
+            from hydra.utils import instantiate
+
+            loggers.append(instantiate(node, **({} if "save_dir" in node else {"save_dir": str(run.path)})))
     return loggers
 
 
-def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, feature_steps: list[int]) -> L.Trainer:
-    """The Trainer of a run: ``tcfg`` (the ``trainer`` config) plus the callbacks every run has:
-    the epoch checkpoint (for resuming), the training-path recorder, the finite-loss guard and,
-    when the bar is enabled, a progress bar that redraws a few times a second, not every step."""
+def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks a run's config asks for, each instantiated from its ``_target_``: those under
+    ``callbacks`` (they only watch a run: a progress bar, monitors; conf/callbacks/) and those under
+    ``train.callbacks`` (they change what it trains, e.g. EarlyStopping: part of the run's identity).
+    An entry set to null is left out."""
+    from hydra.utils import instantiate
+
+    found = []
+    for node in (cfg.get("callbacks"), OmegaConf.select(cfg, "train.callbacks")):
+        for name, spec in (node or {}).items():
+            if spec is None:
+                continue
+            if not OmegaConf.is_dict(spec) or "_target_" not in spec:
+                raise ConfigError(f"config key 'callbacks.{name}' must be a callback config with a _target_, "
+                                  f"got {spec!r}")
+            found.append(instantiate(spec))
+    return found
+
+
+def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, feature_steps: list[int],
+                 callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """The Trainer of a run: ``tcfg`` (the ``trainer`` config), the configured ``callbacks``
+    (:func:`configured_callbacks`; a progress bar among them is left out when
+    ``enable_progress_bar`` is false) and the callbacks a run needs to be correct, which stay in
+    code: the epoch checkpoint it resumes from, the training-path recorder (it writes into the
+    run dir) and the finite-loss guard (it marks the run FAILED; Lightning's ``detect_anomaly``
+    is not the same: it looks for NaN in the backward pass only, slows every step, and raises a
+    RuntimeError the driver cannot tell from a bug)."""
     quiet_libraries()
-    callbacks: list[L.Callback] = [
+    own: list[L.Callback] = [
         ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="last", save_last=False,
                         save_top_k=1, every_n_epochs=1, enable_version_counter=False),
         TrainingPathRecorder(run, probe, feature_steps),
@@ -308,9 +382,10 @@ def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, fe
         FiniteLossGuard(every=int(tcfg.get("log_every_n_steps", 1) or 1) if tcfg.get("accelerator") != "cpu" else 1),
         LogInCheckpoint(),  # the CSV log as logged so far, for a resume
     ]
-    if tcfg.get("enable_progress_bar", True):
-        callbacks.append(ThrottledProgressBar())
-    trainer = L.Trainer(**tcfg, default_root_dir=str(run.path), logger=loggers, callbacks=callbacks,
+    extra = list(callbacks or [])
+    if not tcfg.get("enable_progress_bar", True):
+        extra = [cb for cb in extra if not isinstance(cb, ProgressBar)]
+    trainer = L.Trainer(**tcfg, default_root_dir=str(run.path), logger=loggers, callbacks=own + extra,
                         plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0)
     if tcfg.get("deterministic"):
         # deterministic algorithms, without also filling every new tensor with NaN (a debugging aid

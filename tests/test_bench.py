@@ -158,35 +158,21 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
     assert "lightning_vs_plain" in (tmp_path / "bench.md").read_text()
 
 
-def test_throttled_progress_bar_redraws_at_most_every_interval_and_on_the_last_batch(monkeypatch):
+def test_run_trainer_has_the_configured_bar_only_when_the_bar_is_enabled(tmp_path, compose_tiny):
     from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress import ProgressBar
 
-    from biaskd.modules import callbacks
-
-    drawn = []
-    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", lambda self, tr, m, out, b, i: drawn.append(i))
-    monkeypatch.setattr(callbacks.ThrottledProgressBar, "total_train_batches", property(lambda self: 6))
-    clock = [0.0]
-    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
-    bar = callbacks.ThrottledProgressBar(interval=1.0)
-    for i, t in enumerate([0.0, 0.3, 0.9, 1.0, 1.5, 1.6]):
-        clock[0] = t
-        bar.on_train_batch_end(None, None, None, None, i)
-    assert drawn == [0, 3, 5]  # t=0, t=1.0 (an interval later), and batch 6 of 6
-
-
-def test_run_trainer_uses_the_throttled_bar_only_when_the_bar_is_enabled(tmp_path):
     from biaskd.artifacts import RunDir
-    from biaskd.modules.callbacks import ThrottledProgressBar
-    from biaskd.train import make_trainer
+    from biaskd.train import configured_callbacks, make_trainer
 
     tcfg = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_model_summary": False}
     probe = _split(8)
-    on = make_trainer({**tcfg, "enable_progress_bar": True}, RunDir(tmp_path / "a"), False, probe, [])
-    off = make_trainer({**tcfg, "enable_progress_bar": False}, RunDir(tmp_path / "b"), False, probe, [])
-    assert type(on.progress_bar_callback) is ThrottledProgressBar
+    callbacks = configured_callbacks(compose_tiny())  # conf/callbacks/default.yaml
+    on = make_trainer({**tcfg, "enable_progress_bar": True}, RunDir(tmp_path / "a"), False, probe, [], callbacks)
+    off = make_trainer({**tcfg, "enable_progress_bar": False}, RunDir(tmp_path / "b"), False, probe, [], callbacks)
+    assert type(on.progress_bar_callback) is TQDMProgressBar and on.progress_bar_callback.refresh_rate == 20
     assert off.progress_bar_callback is None
-    assert not any(isinstance(cb, ThrottledProgressBar) for cb in off.callbacks)
+    assert not any(isinstance(cb, ProgressBar) for cb in off.callbacks)
 
 
 def test_round_robin_alternates_the_order_and_pairs_ratios_within_rounds():

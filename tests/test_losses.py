@@ -1,4 +1,4 @@
-"""kd_loss against values worked out by hand (DESIGN.md, "KD loss")."""
+"""kd_loss against values worked out by hand (docs/design.md, "Training objective")."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Metrics against hand-made predictions (DESIGN.md definitions)."""
+"""Metrics against hand-made predictions (docs/design.md, "Metrics")."""
 import numpy as np
 import pytest
 import torch

@@ -14,10 +14,13 @@ from biaskd.sweep import duration
 
 TINY = ["task=toy", "model=mlp_small", "model@teacher.model=cnn_small", "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false", "threads=1"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(args, cwd, **env):
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore", **env)
+    # this checkout's packages, whatever the environment has installed
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep), **env)
     p = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout, p.stderr
@@ -54,6 +57,19 @@ def test_multirun_writes_summary_and_run_list_into_the_sweep_folder(sweep):
     assert f"summary (mean ± 95% CI over seeds): {rel / 'summary.md'}" in out
     assert f"report: python -m analysis.report {rel} --out <folder>" in out
     assert (folder / "0" / "biaskd.log").exists()  # hydra.job.name
+    # did the students move toward their teacher: per teacher, paired by seed, said in a computed sentence
+    assert "Top-1 agreement with the teacher" in md and "| teacher | configuration |" in md
+    assert "## Did the distilled students move toward their teacher?" in md and (folder / "paired.csv").exists()
+    said = "mlp_small distilled from cnn_small − mlp_small independent (2 seeds, on shifted): accuracy "
+    assert said in md and said in out and "− independent" in out
+    paired = pd.read_csv(folder / "paired.csv")
+    assert set(paired["metric"]) == {"accuracy", "teacher_agreement", "teacher_js", "teacher_cka"}
+    assert (paired["n_pairs"] == 2).all() and paired["diff_half_width"].notna().all()
+    # the per-job line shows the measures against the teacher, and the job's log has it too
+    assert "[mlp_small independent seed=1] shifted=" in out and "· agreement with cnn_small 0." in out
+    log = (folder / "0" / "biaskd.log").read_text()
+    assert "[mlp_small independent seed=1] shifted=" in log and "probe CKA" in log
+    assert "evaluating on 2 eval split(s) (test, shifted: 256 examples)" in log and "evaluated in " in log
 
 
 def test_report_on_the_sweep_folder_with_a_wandb_analysis_run(sweep):
@@ -100,3 +116,47 @@ _CALLS: list = []  # what _record_call, a summary function named by its dotted p
 def _record_call(sweep_dir, failed=0):
     _CALLS.append((sweep_dir, failed))
     return "summary.md", "table"
+
+
+def test_summary_compares_each_student_with_the_teacher_it_is_a_control_for(compose_tiny, tmp_path):
+    """Independent students trained before any teacher existed (teacher.compare=auto) still get
+    their agreement with it, from the saved outputs, and equal to what a run logs itself."""
+    from analysis.controls import load_sweep, teacher_measures
+    from analysis.runs import load_run
+    from analysis.sweep_summary import write_summary
+    from biaskd import sweep as sweep_mod
+    from biaskd.train import train
+
+    folder = tmp_path / "sweep"
+    job = 0
+    for mode in ("none", "self", "cross"):  # the independent ones first: no teacher exists yet
+        for seed in (1, 2):
+            run = train(compose_tiny(f"distill={mode}", f"seed={seed}"))
+            sweep_mod.record_job(folder / str(job), run.path)
+            job += 1
+    independent = load_run(sweep_mod.sweep_runs(folder)[0])
+    assert "teacher_agreement" not in independent.metrics["splits"]["test"]
+    path, text = write_summary(folder)
+    summary = pd.read_csv(folder / "summary.csv")
+    agree = summary[(summary["metric"] == "teacher_agreement") & (summary["split"] == "test")]
+    rows = set(zip(agree["teacher"], agree["configuration"]))
+    assert rows == {("cnn_small", "mlp_small independent"), ("cnn_small", "mlp_small self-distilled"),
+                    ("cnn_small", "mlp_small distilled from cnn_small"), ("mlp_small", "mlp_small independent"),
+                    ("mlp_small", "mlp_small self-distilled")}
+    assert (agree["n"] == 2).all()
+    paired = pd.read_csv(folder / "paired.csv")
+    kd = paired[paired["distilled"] == "mlp_small distilled from cnn_small"]
+    assert set(kd["control"]) == {"independent", "self-distilled"}
+    assert set(paired[paired["distilled"] == "mlp_small self-distilled"]["control"]) == {"independent"}
+    md = path.read_text()
+    assert "mlp_small distilled from cnn_small − mlp_small self-distilled (2 seeds, on shifted)" in md
+    assert "mlp_small distilled from cnn_small − mlp_small self-distilled (2 seeds, on shifted)" in text
+    # recomputed from saved outputs = what the distilled run logged against the same teacher
+    sweep = load_sweep(sweep_mod.sweep_runs(folder))
+    student = next(r for r in sweep.students if r.distill == "cross")
+    logged = teacher_measures(student, student.teacher)
+    student.metrics = {k: v for k, v in student.metrics.items() if k != "teacher"}  # as if it had not compared
+    recomputed = teacher_measures(student, student.teacher)
+    assert logged.keys() == recomputed.keys() and len(logged) == 5
+    for key, value in logged.items():
+        assert recomputed[key] == pytest.approx(value, abs=1e-12), key

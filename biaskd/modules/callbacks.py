@@ -1,18 +1,18 @@
-"""Lightning callbacks, plugins and the CSV logger the training driver attaches to every run."""
+"""Lightning callbacks, plugins and the CSV logger the training driver attaches to every run (those
+a run needs to be correct; the progress bar and other optional callbacks come from the config:
+conf/callbacks/)."""
 from __future__ import annotations
 
 import csv
 import io
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -68,6 +68,10 @@ class FiniteLossGuard(L.Callback):
 
     Checked every ``every`` steps so that a GPU step does not wait on the host each time. With
     several processes they decide together (a loss that is not finite in any of them stops all).
+    Not Lightning's ``detect_anomaly``: that traces the backward pass for NaN (slow, every step)
+    and raises a RuntimeError; this reads the loss only and raises the TrainingError that marks the
+    run FAILED. Nor ``EarlyStopping(check_finite=True)``, which looks at a logged metric once per
+    validation and ends training as if it had finished.
     """
 
     def __init__(self, every: int = 1) -> None:
@@ -89,30 +93,6 @@ class FiniteLossGuard(L.Callback):
                 f"loss became {what} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
                 "lower the learning rate or check the inputs"
             )
-
-
-class ThrottledProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, redrawn at most every ``interval`` seconds during training (and on
-    an epoch's last batch). Lightning's own bar redraws after every batch (a refresh and a
-    ``set_postfix`` of the logged metrics): 0.24–0.59 ms a step in ``python -m biaskd.bench``,
-    where an MNIST MLP's whole CPU step takes 2–4 ms."""
-
-    def __init__(self, interval: float = 0.25) -> None:
-        super().__init__()
-        self.interval = float(interval)
-        self._next_draw = 0.0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        super().on_train_epoch_start(trainer, *args, **kwargs)
-        self._next_draw = 0.0
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        now = time.monotonic()
-        if now < self._next_draw and batch_idx + 1 != self.total_train_batches:
-            return
-        self._next_draw = now + self.interval
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

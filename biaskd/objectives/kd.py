@@ -26,7 +26,7 @@ class SoftTargets(Objective):
 
     def forward(self, student: Outputs, teacher: Outputs, labels: torch.Tensor | None,
                 alpha: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-        # kd_loss itself, so that the default objective is DESIGN.md's definition to the bit;
+        # kd_loss itself, so that the default objective is docs/design.md's definition to the bit;
         # ``mask``: word-level KD over the non-pad positions of next-token logits (B, L, V)
         return kd_loss(student.logits, teacher.logits, labels, temperature=self.temperature, alpha=alpha,
                        t_squared=self.t_squared, mask=mask)
