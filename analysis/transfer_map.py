@@ -287,9 +287,11 @@ def teacher_bias_figure(bias: pd.DataFrame, scenarios: dict[str, Scenario], path
         f = bias[(bias["scenario"] == scenario) & (bias["measure"] == measure)]
         s = summarize_over_seeds(f, ["model", "x"])
         for i, (model, g) in enumerate(s.groupby("model")):
-            ax.errorbar(g["x"], g["mean"], yerr=g["half_width"].fillna(0), marker="o", capsize=3, label=model, color=f"C{i}")
+            ax.errorbar(g["x"], g["mean"], yerr=g["half_width"].fillna(0), marker="o", capsize=3,
+                        label=f"{model} (n={int(g['n'].max())})", color=f"C{i}")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(measure)
         ax.set_title(f"{scenario} teachers: {measure}", fontsize=10)
         ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
