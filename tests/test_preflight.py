@@ -34,7 +34,7 @@ def run_cli(monkeypatch, capsys, tmp_path, *args, tiny=True):
                                       f"runs_dir={tmp_path / 'runs'}"])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     monkeypatch.setenv("BIASKD_USER_FULL_ERROR", os.environ.get("BIASKD_VERBOSE", "0"))
-    monkeypatch.setattr(cli_mod, "_state", {"failed": 0, "bugs": 0, "started": False})
+    monkeypatch.setattr(cli_mod, "_state", {"failed": 0, "bugs": 0, "started": False, "damaged": 0})
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     GlobalHydra.instance().clear()
@@ -82,7 +82,7 @@ PRE_RUN = [
      "did you mean 'distill.temperature'?"),
     (["distill=cross", "+distill.alpah=0.5"], "did you mean 'distill.alpha'?"),
     (["+foo=1"], "ConfigError: config key 'foo' is not a key biaskd reads (+foo=1 adds it); the keys at the top "
-                 "level are: data_dir, distill,"),
+                 "level are: callbacks, data_dir, distill,"),
     (["++foo=1"], "config key 'foo' is not a key biaskd reads (++foo=1 adds it)"),
     (["+train.lr_shedule=cosine"], "did you mean 'train.lr_schedule'?"),
     (["+model.hiden=[8]"], "config key 'model.hiden' is not an argument of biaskd.models.vision.MLP "

@@ -32,7 +32,18 @@ from biaskd.cli import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-TOP = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")}
+def _top_level() -> set[str]:
+    """The repository's top-level names (tracked files only: a local runs/ or .venv/ is not the repository's)."""
+    import subprocess
+
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return {line.split("/")[0] for line in files.splitlines() if line and not line.startswith(".")}
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout
+        return {p.name for p in ROOT.iterdir() if not p.name.startswith(".")}
+
+
+TOP = _top_level()
 PLACEHOLDER = re.compile(r"<[^>]*>|…|\.\.\.|\$")
 #: commands that need files of the user's own (the README writes them first)
 NEEDS_USER_FILES = ("hydra.searchpath",)
