@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             counts["no manifest"] += 1  # format 1: nothing to check against
         else:
             counts["ok"] += 1
-    print(", ".join(f"{n} {k}" for k, n in counts.items()) + " (incomplete runs and runs written before "
-          "manifests existed (format 1) are not checked)", file=sys.stderr)
+    print(", ".join(f"{n} {k}" for k, n in counts.items()) + " (checked: every file bit-identical to its "
+          "manifest's SHA-256, on any machine; incomplete runs and runs written before manifests existed "
+          "(format 1) are not checked)", file=sys.stderr)
     return 1 if counts["bad"] else 0
 
 
