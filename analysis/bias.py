@@ -235,13 +235,14 @@ def bias_frame(runs: Run | Iterable[Run], clean_split: str = "test") -> pd.DataF
 
 
 # -- bias measures: what a scenario's declaration (biaskd.scenario) names ---------------------------
-def _mean(values: Iterable[float]) -> float:
+def nan_mean(values: Iterable[float]) -> float:
+    """Mean of the values that are not None or NaN (NaN when none is left)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
 
 
 def _family_mean(accuracy: dict[str, float], family: str) -> float:
-    return _mean(v for s, v in accuracy.items() if split_severity(s)[0] == family)
+    return nan_mean(v for s, v in accuracy.items() if split_severity(s)[0] == family)
 
 
 def agreement_with(run: Run, teacher: Run | None, splits: Sequence[str], column: str = "top1_agreement") -> float:
@@ -255,7 +256,7 @@ def agreement_with(run: Run, teacher: Run | None, splits: Sequence[str], column:
     if teacher.path == run.path:
         return 0.0 if column == "js_divergence" else 1.0
     have = set(run.output_splits()) & set(teacher.output_splits())
-    return _mean(agreement_metrics(run.outputs(s), teacher.outputs(s))[column] for s in splits if s in have)
+    return nan_mean(agreement_metrics(run.outputs(s), teacher.outputs(s))[column] for s in splits if s in have)
 
 
 def probe_cka(run: Run, teacher: Run | None) -> float:
@@ -283,7 +284,7 @@ def generic_values(run: Run, teacher: Run | None = None) -> dict[str, float]:
     acc = {s: run.metric(s, "accuracy") for s in run.splits}
     evals = _eval_splits(run)
     return {"test": acc.get("test", math.nan),
-            "eval_mean": _mean(v for s, v in acc.items() if s != "test"),
+            "eval_mean": nan_mean(v for s, v in acc.items() if s != "test"),
             "teacher_agreement_eval": agreement_with(run, teacher, evals),
             "teacher_js_eval": agreement_with(run, teacher, evals, "js_divergence"),
             "teacher_cka_probe": probe_cka(run, teacher)}
@@ -296,7 +297,7 @@ def shift_values(run: Run, teacher: Run | None = None) -> dict[str, float]:
     shift = shift_consistency_table([run])
     evals = _eval_splits(run)
     return {"test": acc.get("test", math.nan),
-            "ood_mean": _mean(_family_mean(acc, f) for f in families),
+            "ood_mean": nan_mean(_family_mean(acc, f) for f in families),
             "translated": _family_mean(acc, SHIFT_FAMILY), "scaled": _family_mean(acc, "scaled"),
             "shift_consistency": float(shift["consistency"].mean()) if len(shift) else math.nan,
             "teacher_agreement_ood": agreement_with(run, teacher, evals),
@@ -311,7 +312,7 @@ def attractor_values(run: Run, teacher: Run | None = None) -> dict[str, float]:
     drops = attractor_drop_table([run])
     four = drops[drops["attractors"] == 4]["drop"] if len(drops) else []
     return {"test": acc.get("test", math.nan),
-            "a_accuracy": _mean(acc.get(s, math.nan) for s in attractors),
+            "a_accuracy": nan_mean(acc.get(s, math.nan) for s in attractors),
             "test_deep": acc.get("test_deep", math.nan),
             "attractor_drop_4": float(four.iloc[0]) if len(four) else math.nan,
             "teacher_agreement_attractors": agreement_with(run, teacher, attractors),

@@ -16,13 +16,13 @@ import math
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.bias import BiasMeasure, bias_measure
+from analysis.bias import BiasMeasure, bias_measure, nan_mean
 from analysis.runs import Run, find_runs
 from analysis.tables import mean_ci, paired_test, transfer_ratio
 from biaskd.scenario import Scenario
@@ -46,11 +46,6 @@ def measure_of(scenario: Scenario) -> BiasMeasure:
 
 def epochs_of(run: Run) -> int:
     return int(run.config.get("trainer", {}).get("max_epochs"))
-
-
-def _mean(values: Iterable[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
 
 
 def run_metrics(run: Run, teacher: Run | None = None) -> dict[str, float]:
@@ -122,7 +117,7 @@ def compare_cell(values: dict[str, dict[int, float]]) -> dict:
     the gap is under :data:`MIN_SHARE_GAP`, where the ratio would be noise over a small number)."""
     vs_indep, vs_self = paired_test(values.get("kd", {}), values.get("indep", {})), \
         paired_test(values.get("kd", {}), values.get("self", {}))
-    m = {role: _mean(values.get(role, {}).values()) for role in ("kd", "indep", "self", "teacher")}
+    m = {role: nan_mean(values.get(role, {}).values()) for role in ("kd", "indep", "self", "teacher")}
     gap = m["teacher"] - m["indep"]
     return {"n_seeds": vs_indep["n_pairs"], "m_kd": m["kd"], "m_indep": m["indep"], "m_self": m["self"],
             "m_teacher": m["teacher"], "diff_vs_independent": vs_indep["mean_diff"],
@@ -160,7 +155,7 @@ def teacher_signal_frame(runs: Sequence[Run]) -> pd.DataFrame:
         if sigs:
             rows.append({**base, "inputs": "eval (OOD / attractor splits)", "n": sum(s["n"] for s in sigs),
                          "temperature": r.temperature,
-                         **{k: _mean(s[k] for s in sigs) for k in ("p_gold", "entropy", "top_not_gold")}})
+                         **{k: nan_mean(s[k] for s in sigs) for k in ("p_gold", "entropy", "top_not_gold")}})
     return pd.DataFrame(rows)
 
 
