@@ -38,7 +38,7 @@ class Comparison:
 
 
 ROLES = ("kd", "indep", "self", "teacher")
-CELL_KEYS = ("teacher", "student", "student_epochs", "temperature", "transfer_n")
+CELL_KEYS = ("teacher", "student", "student_epochs", "temperature", "transfer_n", "objective")
 
 
 def load(name_or_path: str | Path) -> list[Comparison]:
@@ -53,10 +53,10 @@ def load(name_or_path: str | Path) -> list[Comparison]:
     claims, cells, out = spec.get("claims") or {}, spec.get("cells") or {}, []
     for i, c in enumerate(spec.get("comparisons") or []):
         where = f"{path}: comparisons[{i}]"
-        cell = dict(cells.get(c.get("cell")) or {})
-        if not cell or set(cell) != {"scenario", *CELL_KEYS}:
+        cell = {"objective": "kd", **(cells.get(c.get("cell")) or {})}
+        if set(cell) != {"scenario", *CELL_KEYS}:
             raise ConfigError(f"{where}: cell {c.get('cell')!r} must be a cell of 'cells' with keys scenario, "
-                              f"{', '.join(CELL_KEYS)}")
+                              f"{', '.join(CELL_KEYS)} (objective optional, kd when left out)")
         if c.get("claim") not in claims or c.get("first") not in ROLES or c.get("second") not in ROLES \
                 or c.get("sign") not in (1, -1) or not c.get("metric"):
             raise ConfigError(f"{where}: needs a claim of 'claims', first/second in {ROLES}, sign 1 or -1, a metric")
@@ -77,7 +77,7 @@ PRIMARY = load("v2")
 def _values(per_seed: pd.DataFrame, c: Comparison, role: str) -> dict[int, float]:
     f = per_seed[(per_seed["scenario"] == c.scenario) & (per_seed["metric"] == c.metric) & (per_seed["role"] == role)]
     for key, value in c.cell.items():
-        f = f[f[key] == value]
+        f = f[f[key] == value] if key in f or (key, value) != ("objective", "kd") else f  # maps made before objectives
     return dict(zip(f["seed"].astype(int), f["value"].astype(float)))
 
 
@@ -87,7 +87,7 @@ def judge(per_seed: pd.DataFrame, comparisons: list[Comparison] = PRIMARY) -> tu
     rows = []
     for c in comparisons:
         test = paired_test(_values(per_seed, c, c.first), _values(per_seed, c, c.second))
-        cell = ", ".join(f"{k}={v}" for k, v in c.cell.items())
+        cell = ", ".join(f"{k}={v}" for k, v in c.cell.items() if (k, v) != ("objective", "kd"))
         rows.append({"claim": c.claim, "text": c.text, "scenario": c.scenario, "cell": cell, "metric": c.metric,
                      "first": c.first, "second": c.second, "paper_sign": c.sign, "n": test["n_pairs"],
                      "diff": test["mean_diff"], "ci_half_width": test["diff_half_width"], "p": test["p_ttest"]})

@@ -27,10 +27,12 @@ from analysis.runs import Run, find_runs
 from analysis.tables import mean_ci, paired_test, transfer_ratio
 from biaskd.scenario import Scenario
 
-MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "metric",
+MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "objective", "metric",
                "n_seeds", "m_kd", "m_indep", "m_self", "m_teacher", "diff_vs_independent", "ci_half_width",
                "prediction_half_width", "p_value", "diff_vs_self", "self_ci_half_width", "p_value_vs_self", "teacher_gap", "transferred_share",
                "seeds"]
+#: what makes a cell, in the order of its key
+CELL_FIELDS = ("scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "objective")
 #: the smallest teacher - independent gap (in the metric's units) a transferred share is given for
 MIN_SHARE_GAP = 0.05
 
@@ -59,26 +61,47 @@ def _key(run: Run) -> tuple:
     return (scenario_of(run).name, run.model, epochs_of(run), run.transfer_n, run.seed)
 
 
+def objective_of(run: Run) -> str:
+    """The run's distillation objective (``kd`` for runs recorded before objectives were named)."""
+    return run.objective or "kd"
+
+
+def temperature_of(run: Run) -> float:
+    """The temperature the run's objective used: ``objective_options["temperature"]`` where the
+    run recorded its objective's options, NaN for an objective that reads none (e.g. hard labels,
+    hints); the recorded ``distill.temperature`` for runs made before options were recorded."""
+    options = run.meta.get("objective_options")
+    if isinstance(options, dict):
+        return float(options["temperature"]) if options.get("temperature") is not None else math.nan
+    return run.temperature
+
+
 def build_cells(runs: Sequence[Run]) -> dict[tuple, dict[int, dict[str, Run]]]:
     """``cell -> seed -> {"kd", "indep", "self", "teacher"}``; a cell is (scenario, teacher,
-    student, student epochs, T, transfer n) of a cross-distilled student."""
+    student, student epochs, T, transfer n, objective) of a cross-distilled student; its
+    self-distilled control has the same objective and T."""
     indep, self_runs = {}, {}
     for r in runs:
-        if r.role != "student" or r.objective not in (None, "kd"):
+        if r.role != "student":
             continue
         if r.distill == "none":
             indep[_key(r)] = r
         elif r.distill == "self":
-            self_runs[(*_key(r), r.temperature)] = r
+            self_runs[(*_key(r), _t_key(temperature_of(r)), objective_of(r))] = r
     cells: dict[tuple, dict[int, dict[str, Run]]] = defaultdict(dict)
     for r in runs:
-        if r.role != "student" or r.distill != "cross" or r.objective not in (None, "kd"):
+        if r.role != "student" or r.distill != "cross":
             continue
         scenario, model, epochs, n, seed = _key(r)
-        cell = (scenario, r.teacher_model, model, epochs, r.temperature, n)
-        cells[cell][seed] = {"kd": r, "indep": indep.get(_key(r)), "self": self_runs.get((*_key(r), r.temperature)),
-                             "teacher": r.teacher}
+        t, objective = temperature_of(r), objective_of(r)
+        cell = (scenario, r.teacher_model, model, epochs, _t_key(t), n, objective)
+        cells[cell][seed] = {"kd": r, "indep": indep.get(_key(r)),
+                             "self": self_runs.get((*_key(r), _t_key(t), objective)), "teacher": r.teacher}
     return dict(cells)
+
+
+def _t_key(t: float) -> float | None:
+    return None if math.isnan(t) else t
 
 
 def transfer_map(runs: Sequence[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -130,7 +153,9 @@ def compare_cell(values: dict[str, dict[int, float]]) -> dict:
 
 
 def _cell_dict(cell: tuple) -> dict:
-    return dict(zip(("scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n"), cell))
+    """The cell's columns; a temperature the objective does not read (None in the key) is NaN."""
+    d = dict(zip(CELL_FIELDS, cell))
+    return {**d, "temperature": math.nan if d["temperature"] is None else d["temperature"]}
 
 
 # -- what the teachers gave and what they are -------------------------------------------------------
@@ -183,6 +208,12 @@ def summarize_over_seeds(frame: pd.DataFrame, by: Sequence[str], value: str = "v
 
 
 # -- figures -----------------------------------------------------------------------------------------
+def cell_label(teacher: str, objective: str, temperature: float) -> str:
+    """``cnn_gp, T=5`` for soft targets; ``cnn_gp, hard`` for an objective that reads no T."""
+    parts = [teacher] + ([objective] if objective != "kd" else [])
+    return ", ".join(parts + ([] if math.isnan(temperature) else [f"T={temperature:g}"]))
+
+
 def heatmap(map_frame: pd.DataFrame, scenario: Scenario, path: Path, metric: str | None = None) -> Path | None:
     """Δ (distilled − independent) of the scenario's headline metric per cell, annotated with
     the paired 95% interval and the transferred share."""
@@ -196,7 +227,7 @@ def heatmap(map_frame: pd.DataFrame, scenario: Scenario, path: Path, metric: str
     f = map_frame[(map_frame["scenario"] == scenario.name) & (map_frame["metric"] == metric)].copy()
     if f.empty:
         return None
-    f["row"] = f["teacher"] + ", T=" + f["temperature"].map(lambda t: f"{t:g}")
+    f["row"] = [cell_label(t, o, temp) for t, o, temp in zip(f["teacher"], f["objective"], f["temperature"])]
     f["col"] = f["student_epochs"].map(lambda e: f"{e} ep") + ", N=" + f["transfer_n"].astype(str)
     grid = f.pivot(index="row", columns="col", values="diff_vs_independent")
     order = f.sort_values(["student_epochs", "transfer_n"]).drop_duplicates("col")["col"].tolist()
@@ -209,7 +240,7 @@ def heatmap(map_frame: pd.DataFrame, scenario: Scenario, path: Path, metric: str
     sns.heatmap(grid, annot=notes.loc[grid.index, grid.columns], fmt="", cmap="RdBu", center=0, vmin=-lim, vmax=lim,
                 cbar_kws={"label": "Δ vs independent (paired by seed)"}, ax=ax, annot_kws={"fontsize": 8})
     ax.set_xlabel("student epochs, transfer inputs N")
-    ax.set_ylabel("teacher, temperature")
+    ax.set_ylabel("teacher, objective, temperature" if set(f["objective"]) - {"kd"} else "teacher, temperature")
     n = int(f["n_seeds"].max())
     import textwrap
 
@@ -238,10 +269,11 @@ def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Pa
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharex=True)
     styles = {}
     for ax, metric in zip(np.atleast_1d(axes), metrics):
-        for (teacher, t), g in f[f["metric"] == metric].groupby(["teacher", "temperature"]):
+        for (teacher, objective, t), g in f[f["metric"] == metric].groupby(["teacher", "objective", "temperature"],
+                                                                           dropna=False):
             g = g.sort_values("student_epochs")
-            label = f"{teacher}, T={t:g}"
-            style = styles.setdefault(label, {"color": f"C{len(styles)}", "ls": "-" if t > 1 else "--"})
+            label = cell_label(teacher, objective, t)
+            style = styles.setdefault(label, {"color": f"C{len(styles)}", "ls": "--" if t == 1 else "-"})
             ax.errorbar(g["student_epochs"], g["diff_vs_independent"], yerr=g["ci_half_width"], marker="o", capsize=3,
                         label=label, **style)
         ax.axhline(0, color="0.5", lw=0.8)

@@ -14,6 +14,7 @@ from torch import nn
 
 from biaskd.errors import ConfigError
 from biaskd.objectives.base import Objective, Outputs, features_and_logits, mix
+from biaskd.objectives.hard import HardLabels
 from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
 from biaskd.objectives.logits_mse import LogitsMSE
@@ -21,7 +22,7 @@ from biaskd.objectives.relation import Relation
 from biaskd.objectives.seqkd import SequenceLevelKD, not_lm_message
 
 #: objectives that are a loss term on the batch's outputs (built by :func:`build_objective`)
-OUTPUT_OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation)}
+OUTPUT_OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation, HardLabels)}
 #: every value of ``distill.objective``: the output objectives and sequence-level KD, which makes
 #: the student's training data instead (:mod:`biaskd.modules.seqkd`)
 OBJECTIVES: dict[str, type] = {**OUTPUT_OBJECTIVES, SequenceLevelKD.name: SequenceLevelKD}

@@ -51,6 +51,7 @@ def write_run(
     objective: str | None = None,
     alpha: float | None = None,
     temperature: float | None = None,
+    objective_options: Mapping[str, object] | None = None,
     state_dicts: Mapping[int | str, Mapping] | None = None,
     extra_metrics: Mapping[str, Mapping[str, float]] | None = None,
     complete: bool = True,
@@ -89,6 +90,7 @@ def write_run(
         "task": task, "model": model, "role": role, "distill": distill, "objective": objective,
         "teacher_run": teacher_run, "teacher_model": teacher_model, "seed": seed, "alpha": alpha,
         "temperature": temperature, "config_hash": f"synthetic-{model}-{distill}",
+        **({"objective_options": dict(objective_options)} if objective_options is not None else {}),
         "experiment": experiment, "num_classes": num_classes,
         "probe": {"split": "test", "n": n_probe}, "versions": {"numpy": np.__version__},
         "git_commit": None,
@@ -132,7 +134,8 @@ def make_sweep(
 ) -> Sweep:
     """Teacher + independent student + distilled students for each seed, under ``root``.
 
-    ``closeness`` maps a distillation mode (``cross``, ``online``, ...) to how far its
+    ``closeness`` maps a distillation mode (``cross``, ``online``, ...; ``cross:hard`` for another
+    objective than kd, which reads no temperature) to how far its
     students are pulled to the teacher (0..1); a float means ``{"cross": value}``. The
     teacher is better than the independent student on the out-of-distribution splits, so
     transfer of its advantage is measurable. ``steps`` are the training steps with probe
@@ -222,17 +225,21 @@ def make_sweep(
             root / name, run_id=name, task=task, model=student_model, role="student", distill="none",
             seed=seed, num_classes=C, outputs=outputs_of(s_logits), features=feature_path(s_feat, rng),
             probe_ids=probe_ids, final_step=final_step, state_dicts=states(rng))
-        for mode, c in closeness.items():
-            own_logits, own_feat = own_student(np.random.default_rng([data_seed, seed, len(mode)]))
+        for label, c in closeness.items():
+            mode, _, objective = label.partition(":")  # "cross:hard": mode cross, objective hard (default kd)
+            objective = objective or "kd"
+            options = {"temperature": 1.0, "t_squared": True} if objective == "kd" else {}
+            own_logits, own_feat = own_student(np.random.default_rng([data_seed, seed, len(label)]))
             k_logits = {s: c * t_logits[s] + (1 - c) * own_logits[s] for s in splits}
             k_feat = c * (t_feat @ cross_map) * 2.0 + (1 - c) * own_feat
-            name = f"{mode}-{student_model}-from-{teacher_model}-s{seed}"
-            sweep.students[(mode, seed)] = write_run(
+            kind = mode if objective == "kd" else f"{mode}-{objective}"
+            name = f"{kind}-{student_model}-from-{teacher_model}-s{seed}"
+            sweep.students[(label, seed)] = write_run(
                 root / name, run_id=name, task=task, model=student_model, role="student",
                 distill=mode, seed=seed, num_classes=C, outputs=outputs_of(k_logits),
                 features=feature_path(k_feat, rng), probe_ids=probe_ids, final_step=final_step,
-                teacher_run=t_name, teacher_model=teacher_model, objective="kd", alpha=1.0,
-                temperature=1.0, state_dicts=states(rng))
+                teacher_run=t_name, teacher_model=teacher_model, objective=objective, alpha=1.0,
+                temperature=1.0, objective_options=options, state_dicts=states(rng))
     return sweep
 
 

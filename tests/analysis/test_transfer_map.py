@@ -164,3 +164,28 @@ def test_a_task_the_suite_never_saw_gets_the_generic_measures_not_dropped(tmp_pa
     assert row["diff_vs_independent"] == pytest.approx(sum(diffs) / 3, rel=1e-5)
     agree = frame[frame["metric"] == "teacher_agreement_eval"].iloc[0]
     assert agree["m_teacher"] == 1.0 and agree["diff_vs_independent"] > 0  # pulled toward the teacher
+
+
+def test_the_objective_is_an_axis_of_the_map_and_a_temperature_it_does_not_read_is_empty(tmp_path):
+    """Soft-target (kd, T = 1) and hard-label students of one teacher are two cells, each paired
+    with the same independent students; the hard cell has no temperature."""
+    import json
+
+    from analysis.transfer_map import build
+    from synthetic import make_sweep
+
+    sweep = make_sweep(tmp_path / "runs", task="mnist", seeds=(0, 1, 2),
+                       closeness={"cross": 0.8, "cross:hard": 0.3}, steps=())
+    frame = pd.read_csv(build([tmp_path / "runs"], tmp_path / "out")["transfer_map"])
+    rows = frame[frame["metric"] == "translated"].set_index("objective")
+    assert sorted(rows.index) == ["hard", "kd"]
+    assert rows.loc["kd", "temperature"] == 1.0 and math.isnan(rows.loc["hard", "temperature"])
+
+    def acc(path):
+        return json.loads((path / "metrics.json").read_text())["splits"]["translated"]["accuracy"]
+
+    for label, objective in (("cross", "kd"), ("cross:hard", "hard")):
+        diffs = [acc(sweep.students[(label, s)]) - acc(sweep.independent[s]) for s in (0, 1, 2)]
+        assert rows.loc[objective, "diff_vs_independent"] == pytest.approx(sum(diffs) / 3, rel=1e-5)
+        assert rows.loc[objective, "n_seeds"] == 3
+    assert rows.loc["kd", "diff_vs_independent"] > rows.loc["hard", "diff_vs_independent"]  # closer to the teacher
