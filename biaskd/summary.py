@@ -56,12 +56,17 @@ def finished_elsewhere(run: RunDir) -> bool:
     return (marker.get("host"), marker.get("pid")) != (socket.gethostname(), os.getpid())
 
 
+def teacher_of(run: RunDir) -> RunDir | None:
+    """The run dir of ``run``'s teacher: its own, or the one an independent run is compared with."""
+    ref = (run.metrics.get("teacher") or {}).get("run")
+    return run.teacher_dir or (RunDir(run.path.parent / ref) if ref else None)
+
+
 def teacher_trained_since(run: RunDir, since: float) -> RunDir | None:
     """The teacher of ``run`` (its own, or the one an independent run is compared with) if
     that teacher's run finished after ``since`` in this process, i.e. the job that made ``run``
     trained it."""
-    ref = (run.metrics.get("teacher") or {}).get("run")
-    teacher = run.teacher_dir or (RunDir(run.path.parent / ref) if ref else None)
+    teacher = teacher_of(run)
     if teacher is None or not teacher.is_complete:
         return None
     return teacher if _finished(teacher) >= since and not finished_elsewhere(teacher) else None
