@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from biaskd import artifacts
-from biaskd.artifacts import RunDir
+from biaskd.artifacts import RunDir, teacher_of
 
 
 def run_label(meta: dict) -> str:
@@ -54,12 +54,6 @@ def finished_elsewhere(run: RunDir) -> bool:
     if not isinstance(marker, dict) or "pid" not in marker:
         return False
     return (marker.get("host"), marker.get("pid")) != (socket.gethostname(), os.getpid())
-
-
-def teacher_of(run: RunDir) -> RunDir | None:
-    """The run dir of ``run``'s teacher: its own, or the one an independent run is compared with."""
-    ref = (run.metrics.get("teacher") or {}).get("run")
-    return run.teacher_dir or (RunDir(run.path.parent / ref) if ref else None)
 
 
 def teacher_trained_since(run: RunDir, since: float) -> RunDir | None:

@@ -133,8 +133,7 @@ def teachers_left(sweep_dir: str | Path, started: float) -> tuple[int, float, fl
     the same one (:func:`_teacher_key`; one cached before the sweep is counted as to train); a
     teacher's time is the mean training time of the teachers this sweep trained, else of those it
     found in the cache. None when the jobs cannot be listed."""
-    from biaskd.artifacts import RunDir
-    from biaskd.summary import teacher_of
+    from biaskd.artifacts import RunDir, teacher_of
 
     sweep_dir = Path(sweep_dir)
     remaining = _job_overrides(sweep_dir)
