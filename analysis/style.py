@@ -18,6 +18,14 @@ colour-blind palette.
 :class:`Style` holds the labels' context (which of α, T vary) and the palette of a whole set of
 runs; the report builds one and passes it to every figure, so a configuration keeps its colour
 and label from the first figure to the last.
+
+Beside the configurations: split, metric and scenario ids as a reader names them
+(:func:`split_label`: ``translated_s1`` -> ``translated, severity 1``; :func:`metric_label`:
+``top1_agreement`` -> ``top-1 agreement``), ``(n=5)`` for the runs behind a legend entry
+(:func:`with_n`), one colour per architecture where figures compare architectures
+(:func:`model_colour`), one colour limit for heatmaps drawn side by side
+(:func:`symmetric_limit`), cell text that reads on its cell (:func:`text_colour`), and saving with
+every label inside the image (:func:`save`).
 """
 from __future__ import annotations
 
