@@ -244,7 +244,11 @@ def declared_scenarios(names: Sequence[str]) -> dict[str, Scenario]:
 
 
 def from_tables(folder: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    from biaskd.errors import ArtifactError
+
     folder = Path(folder)
+    if not (folder / "transfer_map.csv").is_file():
+        raise ArtifactError(f"{folder / 'transfer_map.csv'}: missing (python -m analysis.transfer_map writes it)")
     out = Path(out or folder)
     out.mkdir(parents=True, exist_ok=True)
     map_frame = pd.read_csv(folder / "transfer_map.csv")

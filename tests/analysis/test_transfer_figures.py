@@ -85,3 +85,11 @@ def test_the_scenarios_of_the_committed_tables_are_read_from_the_config():
     assert found["vision_60k"] == Scenario("vision_60k", "shift", "translated")
     assert found["language_lm"] == Scenario("language_lm", "attractors", "a_accuracy")
     assert found["unknown"] == Scenario("unknown")
+
+
+def test_drawing_from_a_folder_without_the_map_is_one_line(tmp_path, capsys):
+    from analysis.command import run
+
+    assert run(transfer_figures.main, [str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: ArtifactError: {tmp_path / 'transfer_map.csv'}: missing "
+                                               "(python -m analysis.transfer_map writes it)")
