@@ -113,7 +113,8 @@ def plot_severity(sev: pd.DataFrame, hue: str = "config", title: str | None = No
                 continue
             mean = g["mean"].to_numpy(dtype=float)
             lo_hi = clip_interval(mean, g["half_width"].to_numpy(dtype=float), metric)
-            ax.plot(g["severity"], mean, marker="o", ms=4, lw=1.5, color=colors[h], label=str(h))
+            ax.plot(g["severity"], mean, marker="o", ms=4, lw=1.5, color=colors[h],
+                    label=with_n(str(h), g["n"].max() if "n" in g else None))
             ax.fill_between(g["severity"], mean - lo_hi[0], mean + lo_hi[1], color=colors[h], alpha=0.18, lw=0)
         ax.set(title=fam, xlabel="severity (0 = test)", xticks=sorted(d["severity"].unique()))
         ax.grid(alpha=0.3)
