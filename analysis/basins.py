@@ -127,13 +127,28 @@ def run_linear_path(run_a: "Run", run_b: "Run", split: str = "test",
     return path.assign(run_a=run_a.run_id, run_b=run_b.run_id, split=split)
 
 
-def plot_linear_paths(paths: pd.DataFrame, hue: str | None = None, ax=None, metric: str = "loss"):
-    """Loss (or accuracy) against lambda; ``paths`` may hold several paths told apart by ``hue``."""
+#: the interpolation axis of every basin figure
+LAMBDA_LABEL = "interpolation λ (0 = run A, 1 = run B)"
+
+
+def plot_linear_paths(paths: pd.DataFrame, hue: str | None = None, ax=None, metric: str = "loss",
+                      colours: dict | None = None):
+    """Loss (or accuracy) against λ; ``paths`` may hold several paths told apart by ``hue``
+    (``colours``: hue value -> colour; otherwise one colour-blind palette in order)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from analysis.style import metric_label
+
     if ax is None:
-        _, ax = plt.subplots(figsize=(4, 3))
-    sns.lineplot(data=paths, x="lambda", y=metric, hue=hue, marker="o", ax=ax)
-    ax.set_xlabel("λ  (0 = A, 1 = B)")
+        _, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+    groups = list(paths.groupby(hue, sort=True)) if hue else [(None, paths)]
+    palette = sns.color_palette("colorblind", max(1, len(groups)))
+    for i, (name, g) in enumerate(groups):
+        g = g.sort_values("lambda")
+        ax.plot(g["lambda"], g[metric], marker="o", ms=3, lw=1.5, label=None if name is None else str(name),
+                color=(colours or {}).get(name, palette[i % len(palette)]))
+    ax.set_xlabel(LAMBDA_LABEL)
+    ax.set_ylabel(metric_label(metric))
+    ax.grid(alpha=0.3)
     return ax

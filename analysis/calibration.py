@@ -134,6 +134,7 @@ def plot_reliability_grid(frame: pd.DataFrame, row: str = "run", col: str = "spl
     import matplotlib.pyplot as plt
 
     from analysis.runs import order_splits
+    from analysis.style import split_label
 
     rows = row_order or sorted(frame[row].unique(), key=str)
     cols = order_splits(frame[col].unique()) if col == "split" else sorted(frame[col].unique(), key=str)
@@ -149,7 +150,7 @@ def plot_reliability_grid(frame: pd.DataFrame, row: str = "run", col: str = "spl
             plot_reliability(cell, ax=ax, color=(colors or {}).get(r, "tab:blue"))
             ax.set(xlabel="confidence" if i == len(rows) - 1 else "", ylabel="")
             if i == 0:
-                ax.set_title(str(c), fontsize=10)
+                ax.set_title(split_label(c) if col == "split" else str(c), fontsize=10)
             if j == 0:
                 name = (row_labels or {}).get(r, r)
                 ax.set_ylabel(f"{name}\naccuracy", fontsize=8)

@@ -8,11 +8,14 @@ legend order come from :mod:`analysis.style`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
 from analysis.runs import order_splits
-from analysis.style import Style, clip_interval, legend_outside, metric_limits
+from analysis.style import METRIC_LABELS, Style, clip_interval, legend_outside, metric_label, metric_limits, split_label, \
+    with_n
 
 
 def config_label(frame: pd.DataFrame, style: Style | None = None) -> pd.Series:
@@ -29,15 +32,20 @@ def _style_for(labels, style: Style | None) -> tuple[list[str], dict[str, str]]:
 
 def plot_bars_ci(summary: pd.DataFrame, x: str = "split", hue: str = "config", value: str = "mean",
                  err: str = "half_width", ax=None, ylabel: str | None = None, title: str | None = None,
-                 metric: str | None = None, style: Style | None = None, legend: bool = True):
+                 metric: str | None = None, style: Style | None = None, legend: bool = True,
+                 order: Sequence[str] | None = None):
     """Grouped bars of ``value`` per ``x`` and ``hue`` with ``err`` half-width whiskers, clipped
     to the range of ``metric`` (default: ``ylabel`` when it names one), whose range the y axis
-    also shows; colours and legend order from ``style``; the legend outside the axes."""
+    also shows; colours and legend order from ``style`` (or ``order``: e.g. each distilled student
+    beside its control); splits and metrics by their readable names (:mod:`analysis.style`); each
+    legend entry with its number of runs (``n`` of the summary); the legend outside the axes."""
     import matplotlib.pyplot as plt
 
     metric = metric or ylabel
     xs = order_splits(summary[x].unique()) if x == "split" else sorted(summary[x].unique(), key=str)
     hues, colors = _style_for(summary[hue].unique(), style)
+    if order is not None:
+        hues = [h for h in order if h in set(hues)] + [h for h in hues if h not in set(order)]
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(xs) * max(1, len(hues)) ** 0.5 + 2), 3.6))
     width = 0.8 / max(1, len(hues))
@@ -48,15 +56,17 @@ def plot_bars_ci(summary: pd.DataFrame, x: str = "split", hue: str = "config", v
         mean = d[value].to_numpy(dtype=float)
         yerr = clip_interval(mean, d[err].to_numpy(dtype=float), metric)
         ends += list(mean - yerr[0]) + list(mean + yerr[1])
-        ax.bar(pos, mean, width=width, color=colors[h], label=str(h), yerr=yerr, capsize=2,
+        n = d["n"].max() if "n" in d else None
+        ax.bar(pos, mean, width=width, color=colors[h], label=with_n(str(h), n), yerr=yerr, capsize=2,
                error_kw={"lw": 0.8, "ecolor": "#222222"})
-    ax.set_xticks(np.arange(len(xs)), xs, rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
+    names = [split_label(v) for v in xs] if x == "split" else [str(v) for v in xs]
+    ax.set_xticks(np.arange(len(xs)), names, rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
     limits = metric_limits(metric, ends)
     if limits:
         ax.set_ylim(*limits)
     if limits and limits[0] < 0 < limits[1]:
         ax.axhline(0, color="#444444", lw=0.6)
-    ax.set(ylabel=ylabel or value, title=title or "")
+    ax.set(ylabel=metric_label(ylabel) if ylabel in METRIC_LABELS else (ylabel or value), title=title or "")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     if legend:
@@ -65,8 +75,10 @@ def plot_bars_ci(summary: pd.DataFrame, x: str = "split", hue: str = "config", v
 
 
 def plot_similarity_heatmap(similarity: pd.DataFrame, labels: dict | None = None, ax=None,
-                            title: str | None = None, vmin: float = 0.0, vmax: float = 1.0):
-    """Heatmap of a square similarity frame; ``labels`` maps index entries to display names."""
+                            title: str | None = None, vmin: float = 0.0, vmax: float = 1.0,
+                            measure: str = "similarity"):
+    """Heatmap of a square similarity frame; ``labels`` maps index entries to display names; the
+    colour bar is labelled with ``measure`` (its readable name)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -75,8 +87,9 @@ def plot_similarity_heatmap(similarity: pd.DataFrame, labels: dict | None = None
     if ax is None:
         size = min(18.0, 2.5 + 0.38 * n)
         _, ax = plt.subplots(figsize=(size + 1, size))
-    sns.heatmap(S, vmin=vmin, vmax=vmax, cmap="viridis", square=True, ax=ax,
-                annot=n <= 12, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"shrink": 0.7})
+    sns.heatmap(S, vmin=vmin, vmax=vmax, cmap="viridis", square=True, ax=ax, linewidths=0.3, linecolor="white",
+                annot=n <= 12, fmt=".2f", annot_kws={"fontsize": 9 if n <= 8 else 7},
+                cbar_kws={"shrink": 0.7, "label": f"{metric_label(measure)} of probe features"})
     ax.tick_params(labelsize=6 if n > 12 else 8)
     ax.set(title=title or "", xlabel="", ylabel="")
     return ax
@@ -100,11 +113,12 @@ def plot_severity(sev: pd.DataFrame, hue: str = "config", title: str | None = No
                 continue
             mean = g["mean"].to_numpy(dtype=float)
             lo_hi = clip_interval(mean, g["half_width"].to_numpy(dtype=float), metric)
-            ax.plot(g["severity"], mean, marker="o", ms=4, lw=1.5, color=colors[h], label=str(h))
+            ax.plot(g["severity"], mean, marker="o", ms=4, lw=1.5, color=colors[h],
+                    label=with_n(str(h), g["n"].max() if "n" in g else None))
             ax.fill_between(g["severity"], mean - lo_hi[0], mean + lo_hi[1], color=colors[h], alpha=0.18, lw=0)
         ax.set(title=fam, xlabel="severity (0 = test)", xticks=sorted(d["severity"].unique()))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric)
+    axes[0][0].set_ylabel(metric_label(metric))
     axes[0][0].set_ylim(*(metric_limits(metric, sev["mean"]) or (None, None)))
     legend_outside(axes[0][-1])
     if title:

@@ -14,6 +14,7 @@ from analysis import agreement as agr
 from analysis import calibration, figures, tables
 from analysis.markdown import Report
 from analysis.runs import Run, order_splits
+from analysis.style import metric_label
 
 #: Metrics shown in the per-split tables when present (others still go to the CSV).
 HEADLINE_METRICS = ("accuracy", "a_accuracy", "d_accuracy", "ece", "perplexity")
@@ -160,6 +161,21 @@ def _group_keys(runs: list[Run], split: str = "test") -> list[str]:
     return sorted(keys)
 
 
+def agreement_configs(at: pd.DataFrame, style) -> tuple[pd.DataFrame, list[str]]:
+    """An agreement table (:func:`analysis.agreement.agreement_table`) with its ``config`` labels
+    -- an independent student, compared with every teacher of its seed, once per teacher:
+    ``mlp independent (vs cnn teacher)`` -- and the order that puts the configurations compared
+    with one teacher side by side (independent, self-distilled, distilled)."""
+    from analysis.style import KINDS, kind
+
+    at = at.assign(config=style.labels(at))
+    none = at["distill"] == "none"
+    at.loc[none, "config"] = at.loc[none, "config"] + " (vs " + at.loc[none, "reference_model"] + " teacher)"
+    ranks = {c: (str(ref), KINDS.get(kind(row), KINDS["other"])[1])
+             for c, ref, row in zip(at["config"], at["reference_model"], at.to_dict("records"))}
+    return at, sorted(ranks, key=lambda c: (*ranks[c], c))
+
+
 def section_agreement(rep: Report, runs: list[Run]) -> None:
     rep.h(2, "Prediction agreement with the teacher")
     rep.p("Top-1 agreement, mean Jensen–Shannon divergence (nats, ≤ ln 2) and error consistency "
@@ -175,10 +191,7 @@ def section_agreement(rep: Report, runs: list[Run]) -> None:
     keys = _group_keys([p[0] for p in pairs])
     at = agr.agreement_table(pairs, by=keys or None)
     rep.csv(at, "agreement.csv")
-    at = with_config(rep, at)
-    # an independent student is compared with every teacher of its seed: keep those apart
-    none = at["distill"] == "none"
-    at.loc[none, "config"] = at.loc[none, "config"] + " (vs " + at.loc[none, "reference_model"] + " teacher)"
+    at, order = agreement_configs(at, rep.style)
     overall = at[at["group"] == "all"]
     metrics = ["top1_agreement", "js_divergence", "error_consistency"]
     for task, ta in overall.groupby("task"):
@@ -192,10 +205,11 @@ def section_agreement(rep: Report, runs: list[Run]) -> None:
         import matplotlib.pyplot as plt
 
         n_split, n_config = s["split"].nunique(), s["config"].nunique()
-        fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.9 * n_split * n_config ** 0.5 + 2), 6.6), sharex=True)
+        fig, axes = plt.subplots(2, 1, figsize=(max(4.0, 0.9 * n_split * n_config ** 0.5 + 2) + 4.0, 6.6), sharex=True,
+                                 layout="constrained")  # + room for the legend beside the bars
         for ax, m in zip(axes, ["top1_agreement", "error_consistency"]):
-            figures.plot_bars_ci(s[s["metric"] == m], ax=ax, ylabel=m.replace("_", " "), metric=m,
-                                 title=f"{task}: {m.replace('_', ' ')} with the teacher", style=rep.style,
+            figures.plot_bars_ci(s[s["metric"] == m], ax=ax, ylabel=m, metric=m, order=order,
+                                 title=f"{task}: {metric_label(m)} with the teacher", style=rep.style,
                                  legend=ax is axes[0])
         rep.figure(fig, f"agreement_{task}.png", f"{task}: agreement with the teacher per split (mean ± 95% CI)")
     for key in keys:

@@ -16,7 +16,7 @@ from analysis import figures, maps, similarity, tables
 from analysis.markdown import Report
 from analysis.runs import Run
 from analysis.sections_metrics import agreement_pairs, style_row, with_config
-from analysis.style import legend_outside
+from analysis.style import legend_outside, metric_label, split_label
 
 
 def _label_map(rep: Report, runs: Sequence[Run]) -> dict[str, str]:
@@ -44,8 +44,11 @@ def section_similarity(rep: Report, runs: list[Run], measure: str, seed: int) ->
         else:
             S = similarity.similarity_matrix(have, measure=measure)
             rep.csv(S.reset_index(names="run"), f"{measure}_{task}.csv")
-            fig, ax = plt.subplots(figsize=(min(18.0, 3.5 + 0.38 * len(S)), min(17.0, 2.5 + 0.38 * len(S))))
-            figures.plot_similarity_heatmap(S, _label_map(rep, have), ax=ax, title=f"{task}: {measure}")
+            fig, ax = plt.subplots(figsize=(min(18.0, 5.5 + 0.6 * len(S)), min(17.0, 3.5 + 0.55 * len(S))),
+                                   layout="constrained")
+            figures.plot_similarity_heatmap(S, _label_map(rep, have), ax=ax, measure=measure,
+                                            title=f"{task}: {metric_label(measure)} of the runs' probe features "
+                                                  f"({len(S)} runs)")
             rep.figure(fig, f"{measure}_{task}.png", f"{task}: pairwise {measure} of final probe features")
             _similarity_to_teacher(rep, have, S, measure)
             if S.isna().to_numpy().any():
@@ -141,7 +144,7 @@ def section_basins(rep: Report, runs: list[Run], max_pairs: int = 3) -> None:
                 except Exception as exc:  # data not where it was at training time, etc.
                     rep.missing(f"{a.run_id} ↔ {b.run_id} on `{split}`: {exc}")
                     continue
-                label = f"{a.model} s{a.seed} · {split}"
+                label = f"{a.model} seed {a.seed} · {split_label(split)}"
                 paths.append(path.assign(pair=label, task=task))
                 rows.append({"task": task, "model": a.model, "seed": a.seed, "split": split,
                              "barrier": barrier(path["lambda"], path["loss"]),
@@ -154,13 +157,13 @@ def section_basins(rep: Report, runs: list[Run], max_pairs: int = 3) -> None:
     allp = pd.concat(paths, ignore_index=True)
     rep.csv(allp, "basin_paths.csv")
     for task, d in allp.groupby("task"):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
         plot_linear_paths(d, hue="pair", ax=axes[0], metric="loss")
         plot_linear_paths(d, hue="pair", ax=axes[1], metric="accuracy")
-        axes[0].get_legend().remove()
-        axes[1].set_ylim(0, 1)
-        legend_outside(axes[1], title="student pair · split")
-        fig.suptitle(f"{task}: independent (λ=0) → cross-distilled (λ=1) student")
+        axes[1].set_ylim(0, 1.02)
+        legend_outside(axes[1], title=f"student pair · split ({d['pair'].nunique()} paths)")
+        fig.suptitle(f"{task}: run A = the independent student, run B = the cross-distilled one "
+                     "(same seed and architecture)", fontsize=10)
         rep.figure(fig, f"basins_{task}.png", f"{task}: loss and accuracy along the line between two students")
 
 

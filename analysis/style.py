@@ -18,6 +18,14 @@ colour-blind palette.
 :class:`Style` holds the labels' context (which of α, T vary) and the palette of a whole set of
 runs; the report builds one and passes it to every figure, so a configuration keeps its colour
 and label from the first figure to the last.
+
+Beside the configurations: split, metric and scenario ids as a reader names them
+(:func:`split_label`: ``translated_s1`` -> ``translated, severity 1``; :func:`metric_label`:
+``top1_agreement`` -> ``top-1 agreement``), ``(n=5)`` for the runs behind a legend entry
+(:func:`with_n`), one colour per architecture where figures compare architectures
+(:func:`model_colour`), one colour limit for heatmaps drawn side by side
+(:func:`symmetric_limit`), cell text that reads on its cell (:func:`text_colour`), and saving with
+every label inside the image (:func:`save`).
 """
 from __future__ import annotations
 
@@ -242,3 +250,108 @@ def legend_outside(ax, title: str | None = None, ncol: int = 1, **kw) -> None:
         return
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
               fontsize=8, title=title, title_fontsize=8, ncols=ncol, **kw)
+
+
+# -- names a reader understands ------------------------------------------------------------------
+#: metric ids (of runs, of the transfer map, of the teachers' own bias) -> axis / title labels
+METRIC_LABELS: dict[str, str] = {
+    "accuracy": "accuracy", "a_accuracy": "A-accuracy (1–4 attractors)", "d_accuracy": "D-accuracy",
+    "ece": "calibration error (ECE)", "top1_agreement": "top-1 agreement", "error_consistency": "error consistency",
+    "teacher_agreement": "agreement with the teacher", "js_divergence": "JS divergence",
+    "teacher_js": "JS divergence from the teacher", "linear_cka": "linear CKA", "cka": "CKA",
+    "teacher_cka": "linear CKA with the teacher", "consistency": "prediction unchanged under shift",
+    "test": "test accuracy", "ood_mean": "mean OOD accuracy (20 sets)",
+    "translated": "accuracy on shifted digits (1–5 px)", "scaled": "accuracy on scaled digits",
+    "shift_consistency": "prediction unchanged under shift (1–5 px)",
+    "teacher_agreement_ood": "agreement with the teacher (OOD sets)",
+    "teacher_js_ood": "JS divergence from the teacher (OOD sets)",
+    "teacher_cka_probe": "linear CKA with the teacher (probe digits)",
+    "attractor_drop_4": "accuracy drop, 0 → 4 attractors", "test_deep": "accuracy on deeper sentences",
+    "teacher_agreement_attractors": "agreement with the teacher (attractor sets)",
+    "teacher_js_attractors": "JS divergence from the teacher (attractor sets)",
+    "eval_mean": "mean accuracy on the eval splits", "teacher_agreement_eval": "agreement with the teacher (eval splits)",
+    "teacher_js_eval": "JS divergence from the teacher (eval splits)", "loss": "loss",
+}
+#: scenario ids -> titles
+SCENARIO_LABELS: dict[str, str] = {
+    "vision": "vision: MNIST, 4,500 digits", "vision_60k": "vision: MNIST, 60,000 digits",
+    "language": "agreement grammar", "language_lm": "agreement grammar, LM setup",
+    "linzen": "Linzen's agreement data",
+}
+_SPLIT_WORDS = {"test": "test", "valid": "validation", "train": "training", "probe": "probe set",
+                "test_deep": "deeper sentences", "shifted": "shifted"}
+
+
+def metric_label(metric: str) -> str:
+    """``top1_agreement`` -> ``top-1 agreement``; an id without a label reads with spaces."""
+    return METRIC_LABELS.get(metric, str(metric).replace("_", " "))
+
+
+def split_label(split: str) -> str:
+    """``translated_s3`` -> ``translated, severity 3``; ``attractors_2`` -> ``2 attractors``."""
+    import re
+
+    split = str(split)
+    if split in _SPLIT_WORDS:
+        return _SPLIT_WORDS[split]
+    m = re.fullmatch(r"attractors_(\d+)", split)
+    if m:
+        return f"{m.group(1)} attractor{'s' if m.group(1) != '1' else ''}"
+    m = re.fullmatch(r"([a-z]+)_s(\d+)", split)
+    if m:
+        return f"{m.group(1)}, severity {m.group(2)}"
+    return split.replace("_", " ")
+
+
+def scenario_label(scenario: str) -> str:
+    return SCENARIO_LABELS.get(scenario, str(scenario).replace("_", " "))
+
+
+def with_n(label: str, n) -> str:
+    """A legend entry with the number of runs (seeds) behind it: ``cnn_gp (n=5)``."""
+    return f"{label} (n={int(n)})" if n is not None and not (isinstance(n, float) and math.isnan(n)) else label
+
+
+# -- architectures: one colour each, in every panel --------------------------------------------------
+#: architecture -> colour (figures that compare architectures, e.g. the teachers' own bias): CNNs
+#: in browns (global pooling the darker), recurrent purple, attention cyan / pink; orange and
+#: green stay the distilled and self-distilled students'
+MODEL_COLOURS: dict[str, str] = {
+    "mlp": _BLUE, "mlp_small": _BLUE, "cnn": _BROWN, "cnn_small": _BROWN, "cnn_gp": "#6b3a1e",
+    "lstm": _PURPLE, "lstm_base": _PURPLE, "transformer": _CYAN, "transformer_base": _CYAN,
+    "transformer_seq": _CYAN, "universal_transformer": _PINK, "universal_transformer_base": _PINK,
+    "universal_transformer_seq": _PINK,
+}
+
+
+def model_colour(model: str) -> str:
+    """The architecture's colour; one not listed gets a grey of its own (stable across figures)."""
+    if model in MODEL_COLOURS:
+        return MODEL_COLOURS[model]
+    import zlib
+
+    return _shade(_GREY, -0.5 + (zlib.crc32(str(model).encode()) % 100) / 100)
+
+
+# -- shared colour limits, saving ------------------------------------------------------------------
+def symmetric_limit(values: Iterable[float], floor: float = 0.01) -> float:
+    """One limit ``L`` for a diverging colour map on ``[-L, L]`` that every value fits, so several
+    heatmaps drawn with it share their colours."""
+    vals = np.abs(np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float))
+    return max(floor, float(vals.max()) if len(vals) else floor)
+
+
+def text_colour(rgba) -> str:
+    """Black or white, whichever reads on a cell of colour ``rgba`` (relative luminance)."""
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
+
+
+def save(fig, path, dpi: int = 130):
+    """Save with every label inside the image (legends and colour-bar labels outside the axes
+    included), then close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -5,7 +5,7 @@ metric: the distilled student against the independent one and the self-distilled
 by seed (mean difference, 95% t-interval, paired t-test p), and the transferred share
 ``(m_KD - m_indep) / (m_teacher - m_indep)``. Beside it: what each teacher gave (its soft
 targets on the inputs it taught, :func:`biaskd.metrics.teacher_signal`), each teacher's bias
-measured directly, and the figures.
+measured directly, and the figures (:mod:`analysis.transfer_figures`).
 
     python -m analysis.transfer_map RUNS... --out results
 """
@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis.bias import BiasMeasure, bias_measure, nan_mean
@@ -207,126 +206,6 @@ def summarize_over_seeds(frame: pd.DataFrame, by: Sequence[str], value: str = "v
     return pd.DataFrame(rows)
 
 
-# -- figures -----------------------------------------------------------------------------------------
-def cell_label(teacher: str, objective: str, temperature: float) -> str:
-    """``cnn_gp, T=5`` for soft targets; ``cnn_gp, hard`` for an objective that reads no T."""
-    parts = [teacher] + ([objective] if objective != "kd" else [])
-    return ", ".join(parts + ([] if math.isnan(temperature) else [f"T={temperature:g}"]))
-
-
-def heatmap(map_frame: pd.DataFrame, scenario: Scenario, path: Path, metric: str | None = None) -> Path | None:
-    """Δ (distilled − independent) of the scenario's headline metric per cell, annotated with
-    the paired 95% interval and the transferred share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    metric = metric or scenario.headline
-    f = map_frame[(map_frame["scenario"] == scenario.name) & (map_frame["metric"] == metric)].copy()
-    if f.empty:
-        return None
-    f["row"] = [cell_label(t, o, temp) for t, o, temp in zip(f["teacher"], f["objective"], f["temperature"])]
-    f["col"] = f["student_epochs"].map(lambda e: f"{e} ep") + ", N=" + f["transfer_n"].astype(str)
-    grid = f.pivot(index="row", columns="col", values="diff_vs_independent")
-    order = f.sort_values(["student_epochs", "transfer_n"]).drop_duplicates("col")["col"].tolist()
-    grid = grid[order]
-    notes = f.assign(note=[f"{d:+.3f}\n±{h:.3f}\nshare {s:.2f}" if not math.isnan(s) else f"{d:+.3f}\n±{h:.3f}"
-                           for d, h, s in zip(f["diff_vs_independent"], f["ci_half_width"], f["transferred_share"])]
-                     ).pivot(index="row", columns="col", values="note")
-    lim = max(0.01, float(np.nanmax(np.abs(grid.to_numpy()))))
-    fig, ax = plt.subplots(figsize=(max(1.9 * grid.shape[1] + 2.5, 6.5), 0.95 * grid.shape[0] + 1.6))  # room for the title
-    sns.heatmap(grid, annot=notes.loc[grid.index, grid.columns], fmt="", cmap="RdBu", center=0, vmin=-lim, vmax=lim,
-                cbar_kws={"label": "Δ vs independent (paired by seed)"}, ax=ax, annot_kws={"fontsize": 8})
-    ax.set_xlabel("student epochs, transfer inputs N")
-    ax.set_ylabel("teacher, objective, temperature" if set(f["objective"]) - {"kd"} else "teacher, temperature")
-    n = int(f["n_seeds"].max())
-    import textwrap
-
-    what = textwrap.fill(f"{scenario.name}: {measure_of(scenario).metrics.get(metric, metric).split(':')[0]}", 48)
-    seeds = f"{n} seeds" if f["n_seeds"].min() == n else f"{int(f['n_seeds'].min())}-{n} seeds"
-    ax.set_title(f"{what}\ndistilled − independent student ({seeds}; share = transferred share)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
-def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Path | None:
-    """Δ vs independent against student epochs, one line per teacher and temperature, for the
-    scenario's headline and the next two metrics of its measure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    described = measure_of(scenario).metrics
-    metrics = [scenario.headline, *[m for m in described if m != scenario.headline][:2]]
-    f = map_frame[(map_frame["scenario"] == scenario.name) & map_frame["metric"].isin(metrics)]
-    if f.empty or f["student_epochs"].nunique() < 2:
-        return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharex=True)
-    styles = {}
-    for ax, metric in zip(np.atleast_1d(axes), metrics):
-        for (teacher, objective, t), g in f[f["metric"] == metric].groupby(["teacher", "objective", "temperature"],
-                                                                           dropna=False):
-            g = g.sort_values("student_epochs")
-            label = cell_label(teacher, objective, t)
-            style = styles.setdefault(label, {"color": f"C{len(styles)}", "ls": "--" if t == 1 else "-"})
-            ax.errorbar(g["student_epochs"], g["diff_vs_independent"], yerr=g["ci_half_width"], marker="o", capsize=3,
-                        label=label, **style)
-        ax.axhline(0, color="0.5", lw=0.8)
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(sorted(f["student_epochs"].unique()), [str(e) for e in sorted(f["student_epochs"].unique())])
-        ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("student epochs")
-    np.atleast_1d(axes)[0].set_ylabel(f"distilled − independent {', '.join(sorted(f['student'].unique()))}")
-    fig.suptitle(scenario.name, fontsize=10)
-    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def teacher_bias_figure(bias: pd.DataFrame, scenarios: dict[str, Scenario], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if bias.empty:
-        return None
-    panels = [(name, m, measure_of(scenarios[name]).x_label) for name in sorted(bias["scenario"].unique())
-              for m in sorted(bias[bias["scenario"] == name]["measure"].unique())]
-    from matplotlib.ticker import MaxNLocator
-
-    ncols = min(3, len(panels))
-    nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.5 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    for ax, (scenario, measure, xlabel) in zip(axes.flat, panels):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        f = bias[(bias["scenario"] == scenario) & (bias["measure"] == measure)]
-        s = summarize_over_seeds(f, ["model", "x"])
-        for i, (model, g) in enumerate(s.groupby("model")):
-            ax.errorbar(g["x"], g["mean"], yerr=g["half_width"].fillna(0), marker="o", capsize=3,
-                        label=f"{model} (n={int(g['n'].max())})", color=f"C{i}")
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(measure)
-        ax.set_title(f"{scenario} teachers: {measure}", fontsize=10)
-        ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
 # -- command line --------------------------------------------------------------------------------------
 def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     out = Path(out)
@@ -366,16 +245,9 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]).to_csv(written["teacher_bias"], index=False,
                                                                             float_format="%.4g")
     written["markdown"] = write_markdown(out, map_frame, judged, signal, bias, scenarios)
-    for name, scenario in sorted(scenarios.items()):
-        p = heatmap(map_frame, scenario, out / f"transfer_map_{name}.png")
-        if p:
-            written[f"heatmap_{name}"] = p
-        p = epochs_figure(map_frame, scenario, out / f"transfer_map_epochs_{name}.png")
-        if p:
-            written[f"epochs_{name}"] = p
-    p = teacher_bias_figure(bias, scenarios, out / "teacher_bias.png")
-    if p:
-        written["teacher_bias_figure"] = p
+    from analysis.transfer_figures import draw_all  # the figures, from these tables alone
+
+    written.update(draw_all(map_frame, summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]), scenarios, out))
     return written
 
 
@@ -412,8 +284,8 @@ def write_markdown(out: Path, map_frame: pd.DataFrame, judged: dict[str, pd.Data
         if f.empty:
             continue
         f = f.assign(order=f["metric"].map({m: i for i, m in enumerate(metrics)})).sort_values(
-            ["order", "teacher", "student_epochs", "temperature", "transfer_n"])
-        cols = ["metric", "teacher", "student_epochs", "temperature", "transfer_n", "n_seeds", "m_teacher", "m_indep",
+            ["order", "teacher", "objective", "student_epochs", "temperature", "transfer_n"])
+        cols = ["metric", "teacher", "objective", "student_epochs", "temperature", "transfer_n", "n_seeds", "m_teacher", "m_indep",
                 "m_self", "m_kd", "diff_vs_independent", "ci_half_width", "prediction_half_width", "p_value",
                 "diff_vs_self",
                 "transferred_share"]

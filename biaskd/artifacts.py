@@ -492,3 +492,9 @@ def with_teachers(runs: Iterable[Any], teacher_of: Callable[[Any], Any], key: Ca
 
 def _numpy(value: Any) -> Any:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+
+def teacher_of(run: RunDir) -> RunDir | None:
+    """The run dir of ``run``'s teacher: its own, or the one an independent run is compared with."""
+    ref = (run.metrics.get("teacher") or {}).get("run")
+    return run.teacher_dir or (RunDir(run.path.parent / ref) if ref else None)

@@ -340,6 +340,22 @@ def _app(cfg: DictConfig):
         return _failure(exc)
 
 
+def unknown_option(exc: BaseException) -> str | None:
+    """One line for an option a config group does not have (``model=mlpp``): the group, the
+    option, and the closest options it has; None for other errors."""
+    import difflib
+
+    from hydra.errors import MissingConfigException
+
+    if not isinstance(exc, MissingConfigException) or not exc.options or not exc.missing_cfg_file:
+        return None
+    group, _, option = str(exc.missing_cfg_file).rpartition("/")
+    options = sorted(map(str, exc.options))
+    close = difflib.get_close_matches(option, options, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"options: {', '.join(options)}"
+    return f"config group {group!r} has no option {option!r}; {hint}"
+
+
 def _verbose() -> bool:
     return os.environ.get("BIASKD_VERBOSE") == "1" or os.environ.get("BIASKD_USER_FULL_ERROR") == "1"
 
@@ -369,6 +385,9 @@ def main() -> None:
 
         # the command line could not be composed into a config (unknown key, bad override, a launcher
         # whose optional package is missing)
+        if unknown_option(exc):
+            print(f"error: {unknown_option(exc)}", file=sys.stderr)
+            sys.exit(ERROR_EXIT)
         if hint_for(exc):
             print(f"error: {hint_for(exc)}", file=sys.stderr)
         elif "srun" in str(exc):  # the SLURM launcher off a cluster

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from biaskd import artifacts
-from biaskd.artifacts import RunDir
+from biaskd.artifacts import RunDir, teacher_of
 
 
 def run_label(meta: dict) -> str:
@@ -60,8 +60,7 @@ def teacher_trained_since(run: RunDir, since: float) -> RunDir | None:
     """The teacher of ``run`` (its own, or the one an independent run is compared with) if
     that teacher's run finished after ``since`` in this process, i.e. the job that made ``run``
     trained it."""
-    ref = (run.metrics.get("teacher") or {}).get("run")
-    teacher = run.teacher_dir or (RunDir(run.path.parent / ref) if ref else None)
+    teacher = teacher_of(run)
     if teacher is None or not teacher.is_complete:
         return None
     return teacher if _finished(teacher) >= since and not finished_elsewhere(teacher) else None

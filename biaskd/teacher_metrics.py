@@ -157,15 +157,17 @@ def compare(cfg: DictConfig, data, run: RunDir, probe: Split, student_features: 
 
 def log_to_wandb(loggers: list, comparison: TeacherComparison | None) -> None:
     """The measures into each W&B run's summary and one small table ``teacher/agreement``
-    (split, agreement, JS; the probe CKA as its own row), beside the per-step history."""
+    (split, agreement, JS; the probe CKA, when measured, as its own row in a column of its own),
+    beside the per-step history."""
     if comparison is None:
         return
     for lg in loggers:
         if type(lg).__name__ != "WandbLogger":
             continue
         lg.experiment.summary.update(comparison.scalars())
-        rows = [[s, m["teacher_agreement"], m["teacher_js"], None] for s, m in comparison.splits.items()]
-        if comparison.probe:
-            rows.append(["probe", None, None, comparison.probe["teacher_cka"]])
-        lg.log_table(key="teacher/agreement", columns=["split", "teacher_agreement", "teacher_js", "teacher_cka"],
-                     data=rows)
+        columns = ["split", "teacher_agreement", "teacher_js"]
+        rows = [[s, m["teacher_agreement"], m["teacher_js"]] for s, m in comparison.splits.items()]
+        if comparison.probe:  # a CKA column only when there is a probe CKA to put in it
+            columns.append("teacher_cka")
+            rows = [[*row, None] for row in rows] + [["probe", None, None, comparison.probe["teacher_cka"]]]
+        lg.log_table(key="teacher/agreement", columns=columns, data=rows)

@@ -4,6 +4,11 @@ Runs are grouped by experiment, typed teacher/student (``job_type``) and tagged 
 distillation mode and seed. Without an API key (no ``WANDB_API_KEY``, no ``~/.netrc`` entry)
 or with ``WANDB_MODE=offline`` the logger runs offline: everything goes to
 ``<run dir>/wandb/offline-run-*`` and can be uploaded later with ``wandb sync <that dir>``.
+
+W&B stages the files of every logged table and image (``artifacts/staging`` under its data
+directory, ``WANDB_DATA_DIR``, by default ``~/.local/share/wandb``) until they are uploaded; a run
+with prediction tables stages thousands. Unless the user chose a data directory, each run's is
+its own ``<run dir>/wandb``, so the staged files stay with the run they belong to.
 """
 from __future__ import annotations
 
@@ -39,9 +44,24 @@ def wandb_mode(requested: str | None = None) -> str:
     return "offline"
 
 
+#: the data directory this module last chose (a later run of the same process chooses its own)
+_chosen_data_dir: str | None = None
+
+
+def use_run_data_dir(run: RunDir) -> str:
+    """Point W&B's data directory (``WANDB_DATA_DIR``, where it stages table and media files) at
+    ``<run dir>/wandb`` unless the user set one; returns the directory in use."""
+    global _chosen_data_dir
+    current = os.environ.get("WANDB_DATA_DIR")
+    if current is None or current == _chosen_data_dir:
+        _chosen_data_dir = os.environ["WANDB_DATA_DIR"] = str(run.path / "wandb")
+    return os.environ["WANDB_DATA_DIR"]
+
+
 def make_wandb_logger(cfg: DictConfig, run: RunDir, meta: dict):
     from lightning.pytorch.loggers import WandbLogger
 
+    use_run_data_dir(run)
     wcfg = cfg.logger.wandb
     mode = wandb_mode(wcfg.get("mode"))
     tags = [f"task:{meta['task']}", f"model:{meta['model']}", f"distill:{meta['distill']}",

@@ -115,22 +115,33 @@ def test_online_distillation_trains_both(compose_tiny, monkeypatch):
     assert run.metrics["splits"]["test"]["accuracy"] > 0.5
 
 
-def test_wandb_offline_run_dir_holds_logged_metrics(compose_tiny, monkeypatch):
+def test_wandb_offline_run_dir_holds_logged_metrics(compose_tiny, monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.delenv("WANDB_DATA_DIR")  # as a user has it: W&B's default is under the home folder
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     run = train(compose_tiny("logger=wandb", "distill=cross"))
+    # the files W&B stages for the tables stay in the run dir, none under ~/.local/share/wandb
+    assert not (tmp_path / "home" / ".local" / "share" / "wandb").exists()
+    assert any((run.path / "wandb" / "artifacts" / "staging").iterdir())
     offline = list((run.path / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     # the offline run file holds the logged per-split metrics (key and JSON value) ...
     record = next(offline[0].glob("run-*.wandb")).read_bytes()
     acc = run.metrics["splits"]["test"]["accuracy"]
     assert b"test/accuracy" in record and json.dumps(acc).encode() in record
-    assert b"valid/acc" in record
+    assert b"valid/accuracy" in record
     # ... and the per-example prediction tables, one row per test example
     table = json.loads(next((offline[0] / "files" / "media" / "table" / "predictions").glob("test_*.table.json")).read_text())
     assert table["columns"][:5] == ["id", "image", "label", "prediction", "confidence"]
     assert len(table["data"]) == run.metrics["splits"]["test"]["n"]
+    # the comparison with the teacher: no column without a value in it
+    (agreement,) = (offline[0] / "files" / "media" / "table" / "teacher").glob("agreement_*.table.json")
+    agreement = json.loads(agreement.read_text())
+    for i, column in enumerate(agreement["columns"]):
+        assert any(row[i] is not None for row in agreement["data"]), column
     # teacher and student are separate W&B runs
     teacher_runs = list((run.teacher_dir.path / "wandb").glob("offline-run-*"))
     assert len(teacher_runs) == 1

@@ -53,3 +53,27 @@ def test_split_metrics_adds_agreement_metrics_when_metadata_present():
     assert m["a_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
     assert m["d_accuracy"] == pytest.approx((1.0 + 1.0 + 0.5) / 3)
     assert m["a_accuracy_empty_bins"] == [2, 3, 4]
+
+
+class WandbLogger:  # the teacher table is written for loggers of this class name
+    def __init__(self):
+        self.tables, self.summary = {}, {}
+        self.experiment = type("Experiment", (), {"summary": self.summary})()
+
+    def log_table(self, key, columns, data):
+        self.tables[key] = (columns, data)
+
+
+def test_the_teacher_table_has_a_cka_column_only_with_a_probe_cka():
+    from biaskd.teacher_metrics import TeacherComparison, log_to_wandb
+
+    splits = {"test": {"teacher_agreement": 0.9, "teacher_js": 0.05}}
+    without, with_probe = WandbLogger(), WandbLogger()
+    log_to_wandb([without], TeacherComparison(teacher={"model": "cnn"}, splits=splits))
+    log_to_wandb([with_probe], TeacherComparison(teacher={"model": "cnn"}, splits=splits,
+                                                 probe={"teacher_cka": 0.7, "n": 64}))
+    assert without.tables["teacher/agreement"] == (["split", "teacher_agreement", "teacher_js"],
+                                                   [["test", 0.9, 0.05]])
+    columns, rows = with_probe.tables["teacher/agreement"]
+    assert columns[-1] == "teacher_cka" and rows[-1] == ["probe", None, None, 0.7]
+    assert without.summary == {"test/teacher_agreement": 0.9, "test/teacher_js": 0.05}

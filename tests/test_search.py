@@ -24,7 +24,7 @@ defaults:
   - override /task: toy
   - override /model: mlp_small
 experiment_name: search
-optimized_metric: valid/acc
+optimized_metric: valid/accuracy
 trainer:
   max_epochs: 2
 hydra:
@@ -44,20 +44,26 @@ def write_log(run: Path, text: str) -> None:
 
 
 def test_last_logged_is_the_last_finite_value_of_the_column(tmp_path):
-    write_log(tmp_path, "epoch,step,train/loss,valid/acc,valid/loss\n"
+    write_log(tmp_path, "epoch,step,train/loss,valid/accuracy,valid/loss\n"
                         "0,9,,0.5,1.25\n0,9,0.9,,\n1,19,,0.75,nan\n1,19,0.4,,\n,20,,,\n")
-    assert last_logged(tmp_path, "valid/acc") == 0.75
+    assert last_logged(tmp_path, "valid/accuracy") == 0.75
     assert last_logged(tmp_path, "valid/loss") == 1.25  # the nan after it is skipped
-    with pytest.raises(ConfigError, match=r"'valid/los' is not logged in .*metrics.csv; logged: train/loss, valid/acc"):
+    with pytest.raises(ConfigError, match=r"'valid/los' is not logged in .*metrics.csv; logged: train/loss, valid/accuracy"):
         last_logged(tmp_path, "valid/los")
+
+
+def test_a_log_from_before_the_rename_is_read_under_either_name(tmp_path):
+    write_log(tmp_path, "epoch,step,valid/acc,valid/loss\n0,9,0.5,1.0\n1,19,0.625,0.5\n")
+    assert last_logged(tmp_path, "valid/accuracy") == 0.625  # a new search config, an old run's log
+    assert last_logged(tmp_path, "valid/acc") == 0.625  # an old search's config
 
 
 def test_last_logged_names_a_missing_log_or_an_empty_column(tmp_path):
     with pytest.raises(ArtifactError, match=r"logs/metrics.csv: missing"):
-        last_logged(tmp_path, "valid/acc")
-    write_log(tmp_path, "epoch,step,valid/acc\n0,9,\n")
+        last_logged(tmp_path, "valid/accuracy")
+    write_log(tmp_path, "epoch,step,valid/accuracy\n0,9,\n")
     with pytest.raises(ArtifactError, match="no finite value"):
-        last_logged(tmp_path, "valid/acc")
+        last_logged(tmp_path, "valid/accuracy")
 
 
 @pytest.mark.parametrize("search", sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml")))
@@ -89,12 +95,12 @@ def test_an_optuna_search_returns_each_runs_validation_metric_and_keeps_the_best
             continue
         log = pd.read_csv(run / "logs" / "metrics.csv")
         lr = yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"]
-        finals[lr] = log["valid/acc"].dropna().iloc[-1]
+        finals[lr] = log["valid/accuracy"].dropna().iloc[-1]
     assert len(finals) >= 2  # TPE may draw a value twice: then the run is reused
     result = yaml.safe_load(next(runs.glob("_hydra/*/optimization_results.yaml")).read_text())
     assert math.isclose(result["best_value"], max(finals.values()), rel_tol=0, abs_tol=1e-12)
     assert finals[result["best_params"]["train.lr"]] == max(finals.values())
-    assert out.stdout.count("valid/acc=") == 3  # one line per trial says its objective
+    assert out.stdout.count("valid/accuracy=") == 3  # one line per trial says its objective
     # the trials as a table: the settings each job got, its objective and the best one marked
     from analysis.search import trials
 
@@ -103,13 +109,13 @@ def test_an_optuna_search_returns_each_runs_validation_metric_and_keeps_the_best
     assert {lr: v for lr, v in zip(table["train.lr"], table["value"])} == finals
     best = table[table["best"]]
     assert len(best) >= 1 and (best["value"] == max(finals.values())).all()
-    assert set(table["objective"]) == {"valid/acc"} and "acc_test" in table
+    assert set(table["objective"]) == {"valid/accuracy"} and "acc_test" in table
 
 
 def test_a_search_metric_that_is_not_a_validation_column_is_refused_before_training(compose_tiny):
     from biaskd.config import check
 
-    with pytest.raises(ConfigError, match=r"config key 'optimized_metric' must be one of valid/loss, valid/acc; "
+    with pytest.raises(ConfigError, match=r"config key 'optimized_metric' must be one of valid/loss, valid/accuracy; "
                                           r"got 'attractors_4/accuracy'"):
         check(compose_tiny("+optimized_metric=attractors_4/accuracy"))
     check(compose_tiny("+optimized_metric=valid/loss"))

@@ -92,6 +92,50 @@ def test_report_on_the_sweep_folder_with_a_wandb_analysis_run(sweep):
     assert "[report 1/12] read 6 run dir(s)" in err and "[report 12/12] calibration" in err
 
 
+def _as_if_only(folder, tmp_path, done):
+    """A copy of the sweep folder in which only the jobs whose overrides include all of ``done``
+    have finished (times kept)."""
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(folder, copy)
+    for job in copy.iterdir():
+        overrides = job / ".hydra" / "overrides.yaml"
+        if overrides.is_file() and not all(o in overrides.read_text() for o in done):
+            (job / "run.txt").unlink()
+    return copy
+
+
+def test_the_estimate_of_time_left_counts_the_teachers_still_to_train(sweep, tmp_path):
+    from biaskd.sweep import progress_line, teachers_left
+
+    _, folder, _, _ = sweep
+    started = (folder / "multirun.yaml").stat().st_mtime
+    # after the independent seed-1 job (it trained the seed-1 teacher, to compare with): the
+    # seed-2 teacher is still to train, at the pace of the first
+    first = _as_if_only(folder, tmp_path / "a", ["distill=none", "seed=1"])
+    n, expected, spent = teachers_left(first, started)
+    assert n == 1 and expected == pytest.approx(spent) and spent > 0
+    line = progress_line(first)
+    assert line.startswith("[sweep] 1/4 jobs done") and "+ 1 teacher(s) to train, about " in line
+    # after both independent jobs every teacher exists: the distilled students need none
+    both = _as_if_only(folder, tmp_path / "b", ["distill=none"])
+    assert teachers_left(both, started)[0] == 0 and progress_line(both).endswith("left (no teacher left to train)")
+
+
+def test_a_job_s_teacher_is_told_apart_by_the_overrides_that_choose_it():
+    from biaskd.sweep import _teacher_key
+
+    base = {"model": "mlp", "model@teacher.model": "cnn", "distill": "none", "teacher.compare": "auto"}
+    key = lambda *o: _teacher_key(frozenset(o), base)  # noqa: E731
+    assert key("seed=1") is None  # independent, not compared with a teacher
+    assert key("seed=1", "distill=cross", "distill.temperature=5") == key("seed=1", "distill=cross") \
+        == key("seed=1", "teacher.compare=true", "transfer.size=5000")
+    assert key("seed=1", "distill=cross") != key("seed=2", "distill=cross")
+    assert key("seed=1", "distill=self") == key("seed=1", "distill=self", "model@teacher.model=cnn_gp") \
+        != key("seed=1", "distill=cross")
+
+
 def test_durations_read_as_a_person_writes_them():
     assert [duration(s) for s in (0.42, 12.4, 185, 3720)] == ["0.4s", "12s", "3m05s", "1h02m"]
 

@@ -123,7 +123,7 @@ class ClassifierModule(L.LightningModule):
         logits = self.model(batch["x"])
         n = len(batch["y"])
         self.log("valid/loss", cross_entropy(logits, batch["y"]), batch_size=n, prog_bar=False)
-        self.log("valid/acc", (logits.argmax(-1) == batch["y"]).float().mean(), batch_size=n, prog_bar=True)
+        self.log("valid/accuracy", (logits.argmax(-1) == batch["y"]).float().mean(), batch_size=n, prog_bar=True)
 
     def trainable_parameters(self):
         return self.model.parameters()

@@ -146,7 +146,7 @@ class LMModule(TeacherMixin, ClassifierModule):
     batch) or ``online`` (the teacher learns the LM objective alongside and the student learns
     from its detached outputs). ``objective`` is the distillation objective at every non-pad
     position (default: soft targets at ``temperature`` with ``t_squared``, which only build it). ``valid_verbs`` (the valid split's :class:`VerbTargets`) adds
-    ``valid/acc``, the agreement accuracy, to the validation log.
+    ``valid/accuracy``, the agreement accuracy, to the validation log.
 
     ``sources`` and ``shares`` (no teacher; sequence-level KD on a split of teacher and gold
     sentences): per training row, 1 = teacher sequence, 0 = gold sentence, and the row's share of
@@ -231,7 +231,7 @@ class LMModule(TeacherMixin, ClassifierModule):
         self.log("valid/loss", nll_sum / max(1, n_tokens), batch_size=max(1, n_tokens))
         if self.valid_verbs is not None:
             acc = (logits.argmax(-1) == batch["y"]).float().mean()
-            self.log("valid/acc", acc, batch_size=len(x), prog_bar=True)
+            self.log("valid/accuracy", acc, batch_size=len(x), prog_bar=True)
 
     def trainable_parameters(self):
         if self.teacher_outputs == "online":

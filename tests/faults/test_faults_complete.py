@@ -26,7 +26,7 @@ LOADERS = {
     "checkpoints/last.ckpt": lambda run: AtomicCheckpointIO().load_checkpoint(run / "checkpoints" / "last.ckpt"),
     "metrics.json": lambda run: RunDir(run).metrics,
     "outputs/test.npz": lambda run: RunDir(run).outputs("test"),
-    "logs/metrics.csv": lambda run: last_logged(run, "valid/acc"),
+    "logs/metrics.csv": lambda run: last_logged(run, "valid/accuracy"),
 }
 CASES = [(name, how) for name in LOADERS for how in ("delete", "flip")]
 
