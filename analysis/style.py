@@ -320,7 +320,7 @@ MODEL_COLOURS: dict[str, str] = {
     "mlp": _BLUE, "mlp_small": _BLUE, "cnn": _BROWN, "cnn_small": _BROWN, "cnn_gp": "#6b3a1e",
     "lstm": _PURPLE, "lstm_base": _PURPLE, "transformer": _CYAN, "transformer_base": _CYAN,
     "transformer_seq": _CYAN, "universal_transformer": _PINK, "universal_transformer_base": _PINK,
-    "universal_transformer_seq": _PINK,
+    "universal_transformer_seq": _PINK, "vit": _RED,
 }
 
 

@@ -183,6 +183,53 @@ def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Pa
     return style.save(fig, path)
 
 
+def dose_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Path | None:
+    """The dose-response of transfer inputs: the headline metric against the number N of transfer
+    inputs, for every cell line measured at two or more N. Left, the levels: the distilled student
+    (teacher's labels on the N inputs), the self-distilled one and the independent control (gold
+    labels on the same inputs), and the teacher; right, the distilled student's paired differences
+    from the control and from the self-distilled student, with 95% intervals."""
+    plt = _plt()
+    metric = scenario.headline
+    f = _objectives(map_frame[(map_frame["scenario"] == scenario.name) & (map_frame["metric"] == metric)])
+    line = ["teacher", "objective", "temperature", "student_epochs", "student"]
+    f = f[f.groupby(line, dropna=False)["transfer_n"].transform("nunique") > 1]
+    if f.empty:
+        return None
+    ns = sorted(f["transfer_n"].unique())
+    x_of = {n: i for i, n in enumerate(ns)}
+    groups = list(f.groupby(line, dropna=False))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10.5, 3.8 * len(groups)), layout="constrained", squeeze=False)
+    for (key, g), (level, diff) in zip(groups, axes):
+        teacher, objective, t, epochs, student = key
+        g = g.sort_values("transfer_n")
+        x = g["transfer_n"].map(x_of)
+        n = int(g["n_seeds"].min())
+        for col, kind, label in (("m_teacher", "teacher", f"{teacher} teacher"),
+                                 ("m_kd", "distilled", f"distilled from {teacher} (its labels on the N inputs)"),
+                                 ("m_self", "self-distilled", f"self-distilled ({student} teacher's labels)"),
+                                 ("m_indep", "independent", "independent (gold labels on the N inputs)")):
+            level.plot(x, g[col], marker="o", color=style.KINDS[kind][0], ls="--" if kind == "teacher" else "-",
+                       label=style.with_n(label, n))
+        level.set_ylabel(style.metric_label(metric))
+        for col, hw, kind, label, dx in (("diff_vs_independent", "ci_half_width", "independent",
+                                          "distilled − independent (gold labels)", -0.06),
+                                         ("diff_vs_self", "self_ci_half_width", "self-distilled",
+                                          "distilled − self-distilled", 0.06)):
+            diff.errorbar(x + dx, g[col], yerr=g[hw].fillna(0), marker="o", capsize=3, color=style.KINDS[kind][0],
+                          label=style.with_n(label, n))
+        diff.axhline(0, color="0.5", lw=0.8)
+        diff.set_ylabel("Δ, paired by seed (95% interval)")
+        for ax in (level, diff):
+            ax.set_xticks(range(len(ns)), [f"{v:,}" for v in ns])
+            ax.set_xlabel("transfer inputs N")
+            ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        level.set_title(f"{cell_label(teacher, objective, t)} → {student}, {int(epochs)} epochs", fontsize=9)
+    fig.suptitle(f"{style.scenario_label(scenario.name)}: {style.metric_label(metric)} against the number of "
+                 "transfer inputs", fontsize=10)
+    return style.save(fig, path)
+
+
 def teacher_bias_figure(summary: pd.DataFrame, scenarios: dict[str, Scenario], path: Path) -> Path | None:
     """Each teacher's own bias from ``teacher_bias.csv`` (mean, 95% half width and n per scenario,
     model, measure and x): one panel per scenario and measure, one colour per architecture."""
@@ -223,7 +270,8 @@ def draw_all(map_frame: pd.DataFrame, bias_summary: pd.DataFrame, scenarios: dic
     limit = shared_limit(map_frame, scenarios)
     for name, scenario in sorted(scenarios.items()):
         for key, p in ((f"heatmap_{name}", heatmap(map_frame, scenario, out / f"transfer_map_{name}.png", limit)),
-                       (f"epochs_{name}", epochs_figure(map_frame, scenario, out / f"transfer_map_epochs_{name}.png"))):
+                       (f"epochs_{name}", epochs_figure(map_frame, scenario, out / f"transfer_map_epochs_{name}.png")),
+                       (f"dose_{name}", dose_figure(map_frame, scenario, out / f"transfer_map_dose_{name}.png"))):
             if p:
                 written[key] = p
     p = teacher_bias_figure(bias_summary, scenarios, out / "teacher_bias.png")

@@ -103,3 +103,23 @@ def test_a_hard_label_cell_is_its_own_row_without_a_temperature(drawn, tmp_path)
     ax = drawn["transfer_map_vit.png"].axes[0]
     assert sorted(t.get_text() for t in ax.get_yticklabels()) == ["cnn_gp, T = 5", "cnn_gp, hard"]
     assert ax.get_ylabel() == "teacher, objective, temperature T"
+
+
+def test_the_dose_response_draws_levels_and_paired_differences_against_n(drawn, tmp_path):
+    rows = []
+    for n, (kd, indep, own) in {0: (0.45, 0.40, 0.46), 500: (0.50, 0.52, 0.46), 5000: (0.70, 0.80, 0.47)}.items():
+        row = _cell("grammar", "lstm", 10, "a_accuracy", kd - indep)
+        row.update(transfer_n=n, m_kd=kd, m_indep=indep, m_self=own, m_teacher=0.92, diff_vs_self=kd - own,
+                   objective="kd", student="transformer")
+        rows.append(row)
+    frame = pd.DataFrame([*rows, _cell("grammar", "lstm", 30, "a_accuracy", 0.1)])  # one N only: no line
+    path = transfer_figures.dose_figure(frame, Scenario("grammar", "attractors", "a_accuracy"), tmp_path / "dose.png")
+    assert path is not None
+    level, diff = drawn["dose.png"].axes
+    assert [t.get_text() for t in level.get_xticklabels()] == ["0", "500", "5,000"]
+    assert [list(line.get_ydata()) for line in level.get_lines()] == [[0.92] * 3, [0.45, 0.50, 0.70],
+                                                                      [0.46, 0.46, 0.47], [0.40, 0.52, 0.80]]
+    assert all("(n=5)" in t.get_text() for t in level.get_legend().get_texts())
+    assert diff.containers[0].lines[0].get_ydata() == pytest.approx([0.05, -0.02, -0.10])
+    one_n = pd.DataFrame([_cell("grammar", "lstm", 10, "a_accuracy", 0.1)])
+    assert transfer_figures.dose_figure(one_n, Scenario("grammar", "attractors", "a_accuracy"), tmp_path / "x.png") is None
