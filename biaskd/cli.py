@@ -344,6 +344,25 @@ def _verbose() -> bool:
     return os.environ.get("BIASKD_VERBOSE") == "1" or os.environ.get("BIASKD_USER_FULL_ERROR") == "1"
 
 
+def unknown_option(exc: BaseException) -> str | None:
+    """One line for Hydra's "Could not find 'group/name'" (several lines: the options, the search
+    path), naming the group and its options; for ``distill=<objective>`` (as in ``distill=hints``,
+    from when the distill group held the objectives too) the spelling now. None for other errors."""
+    from biaskd.objectives import OBJECTIVES
+
+    text = str(exc)
+    found = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if not found:
+        return None
+    group, name = found.groups()
+    if group == "distill" and name in OBJECTIVES:
+        return (f"distill={name}: the mode (distill=none|self|cross|online) and the objective are two config "
+                f"groups; write distill=cross objective={name} (or distill=self objective={name})")
+    listed = re.search(rf"Available options in '{re.escape(group)}':\n((?:\t.*\n?)*)", text)
+    options = ", ".join(line.strip() for line in listed.group(1).splitlines()) if listed else ""
+    return f"config group {group!r} has no option {name!r} ({group}={name})" + (f"; its options: {options}" if options else "")
+
+
 def main() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the Optuna sweeper's storage layer: plugin lines
     os.environ.setdefault("BIASKD_USER_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "0"))
@@ -374,6 +393,8 @@ def main() -> None:
         elif "srun" in str(exc):  # the SLURM launcher off a cluster
             print("error: hydra/launcher=slurm submits SLURM jobs, but SLURM is not here (no `srun`); run the command "
                   "on the cluster, or use hydra/launcher=basic or parallel", file=sys.stderr)
+        elif unknown_option(exc):
+            print(f"error: {unknown_option(exc)}", file=sys.stderr)
         elif isinstance(exc, CompactHydraException):
             print(f"error: {exc}" + (f"\n{exc.__cause__}" if exc.__cause__ else ""), file=sys.stderr)
         else:

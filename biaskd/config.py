@@ -376,8 +376,10 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     if mode == "none":
         c.pop("teacher", None)
         c["distill"] = {"mode": "none"}
-    elif mode == "self":
-        c.get("teacher", {}).pop("model", None)
+    else:
+        c["distill"] = objectives.identity_options(c["distill"], c.get("task") or {})
+        if mode == "self":
+            c.get("teacher", {}).pop("model", None)
     if transfer.spec_of(c).is_train:  # the default: runs from before transfer sets keep their hash
         c.pop("transfer", None)
     if c.get("role") == "teacher" or mode in ("self", "cross"):

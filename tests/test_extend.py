@@ -76,11 +76,9 @@ def user_project(tmp_path):
         _target_: mykd.models.Bottleneck
         width: 16
         """))
-    (conf / "distill").mkdir()
-    (conf / "distill" / "cosine.yaml").write_text(textwrap.dedent("""\
-        defaults:
-          - cross          # biaskd's offline KD settings (alpha, temperature, cached teacher outputs)
-          - _self_
+    (conf / "objective").mkdir()
+    (conf / "objective" / "cosine.yaml").write_text(textwrap.dedent("""\
+        # @package distill
         objective: mykd.objectives.CosineLogits
         alpha: 0.5
         cosine_logits:
@@ -105,7 +103,7 @@ def test_own_model_as_student_and_teacher_and_own_objective_from_a_user_package(
     biaskd(user_project, "-m", "experiment=toy_grid", "model=bottleneck", "model@teacher.model=cnn_small",
            "distill=none,cross")
     # ... as the teacher of a built-in student, and the user's objective
-    out = biaskd(user_project, "-m", "model=mlp_small", "model@teacher.model=bottleneck", "distill=cross,cosine",
+    out = biaskd(user_project, "-m", "model=mlp_small", "model@teacher.model=bottleneck", "distill=cross", "objective=kd,cosine",
                  "experiment_name=toy_grid")
     assert "mlp_small cross-distilled from bottleneck" in out
     runs = find_runs(user_project / "runs")

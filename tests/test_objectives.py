@@ -237,30 +237,34 @@ def test_teacher_feature_cache_is_added_to_a_logits_cache_and_reused(compose_tin
 # -- config -------------------------------------------------------------------------------------------
 def test_objective_registry_and_config_validation(compose_tiny):
     assert set(OBJECTIVES) == {"kd", "logits_mse", "hints", "relation", "seqkd"}
-    for name in ("cross", "logits_mse", "hints", "relation"):
-        config_mod.validate(compose_tiny(f"distill={name}"))
+    for name in ("kd", "logits_mse", "hints", "relation"):
+        for mode in ("self", "cross", "online"):
+            cfg = compose_tiny(f"distill={mode}", f"objective={name}")
+            config_mod.validate(cfg)
+            assert (cfg.distill.mode, cfg.distill.objective) == (mode, name)
     with pytest.raises(ConfigError, match="distill.objective") as err:
         config_mod.validate(compose_tiny("distill=cross", "distill.objective=fitnet"))
     assert "kd, logits_mse, hints, relation" in str(err.value)
     with pytest.raises(ConfigError, match=r"distill\.relation\.kind"):
-        config_mod.validate(compose_tiny("distill=relation", "distill.relation.kind=cka"))
+        config_mod.validate(compose_tiny("distill=cross", "objective=relation", "distill.relation.kind=cka"))
     with pytest.raises(ConfigError, match=r"distill\.alpha"):  # the head would never train
-        config_mod.validate(compose_tiny("distill=hints", "distill.alpha=1.0"))
-    config_mod.validate(compose_tiny("distill=hints", "distill.alpha=1.0", "distill.alpha_schedule=linear"))
+        config_mod.validate(compose_tiny("distill=cross", "objective=hints", "distill.alpha=1.0"))
+    config_mod.validate(compose_tiny("distill=cross", "objective=hints", "distill.alpha=1.0",
+                                     "distill.alpha_schedule=linear"))
     with pytest.raises(ConfigError, match=r"distill\.hints\.width"):
         check_config({"objective": "hints", "alpha": 0.5, "hints": {"width": 3}})
 
 
 # -- end to end ----------------------------------------------------------------------------------------
 def test_objective_grid_on_the_toy_task_writes_complete_run_dirs(compose_tiny):
-    """The sweep ``distill=cross,logits_mse,hints,relation``, plus self and online variants."""
+    """The sweep ``distill=cross objective=kd,logits_mse,hints,relation``, plus self and online variants."""
     grid = {
         ("cross", "kd"): ["distill=cross"],
-        ("cross", "logits_mse"): ["distill=logits_mse"],
-        ("cross", "hints"): ["distill=hints"],
-        ("cross", "relation"): ["distill=relation"],
-        ("self", "relation"): ["distill=relation", "distill.mode=self", "distill.relation.kind=rkd"],
-        ("online", "hints"): ["distill=online", "distill.objective=hints", "distill.alpha=0.5"],
+        ("cross", "logits_mse"): ["distill=cross", "objective=logits_mse"],
+        ("cross", "hints"): ["distill=cross", "objective=hints"],
+        ("cross", "relation"): ["distill=cross", "objective=relation"],
+        ("self", "relation"): ["distill=self", "objective=relation", "distill.relation.kind=rkd"],
+        ("online", "hints"): ["distill=online", "objective=hints"],
     }
     runs = {}
     for (mode, objective), overrides in grid.items():
@@ -303,7 +307,7 @@ def test_objective_grid_on_agreement_writes_complete_run_dirs(compose_tiny):
     """LSTM teacher -> Transformer student on subject-verb agreement (token sequences,
     different feature widths: 24 vs 16)."""
     for objective in ("logits_mse", "hints", "relation"):
-        run = train(compose_tiny(*SVA_TINY, f"distill={objective}"))
+        run = train(compose_tiny(*SVA_TINY, "distill=cross", f"objective={objective}"))
         for name in [*RUN_FILES, "outputs/attractors_1.npz"]:
             assert (run / name).exists(), (objective, name)
         meta = run.meta
