@@ -60,7 +60,7 @@ def _compose(*overrides, tmp_path):
 
 def _name(cfg) -> str:
     cfg = config_mod.canonical(cfg)
-    return run_name(cfg, config_mod.run_hash(cfg, "fp"))
+    return run_name(cfg, config_mod.run_hash(cfg, "fp"), cfg.task.get("setup") or "classification")
 
 
 def test_run_identities_are_those_of_before_the_split(tmp_path):

@@ -13,7 +13,7 @@ from biaskd.artifacts import RunDir
 from biaskd.errors import ConfigError
 from biaskd.models.sequence import build_sequence_model
 from biaskd.models.vision import CNN, MLP
-from biaskd.modules.distill import DistillModule
+from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
 from biaskd.objectives import OBJECTIVES, Outputs, build_objective, check_config
 from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
@@ -153,8 +153,7 @@ def test_hints_regressor_is_in_the_optimizer_and_changes_after_a_step():
         t_feats, t_logits = teacher.features_and_logits(x)
     objective = build_objective({"objective": "hints"}, student, teacher)
     assert tuple(objective.regressor.weight.shape) == (6, 8)  # student -> teacher
-    module = DistillModule(student, teacher_logits=t_logits, teacher_features=t_feats, objective=objective,
-                           alpha=0.5, lr=1e-2)
+    module = DistillModule(student, objective, CachedOutputs(t_logits, t_feats), alpha=0.5, lr=1e-2)
     assert "objective.regressor.weight" in module.state_dict()  # checkpointed, so resuming keeps it
     opt = module.configure_optimizers()
     in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
@@ -183,7 +182,7 @@ def test_objectives_without_features_keep_the_plain_student_step(name):
     torch.manual_seed(0)
     student = MLP(3, (1, 4, 4), (8,))
     x = torch.randn(6, 1, 4, 4)
-    module = DistillModule(student, teacher_logits=torch.randn(6, 3), objective=build_objective({"objective": name}, student))
+    module = DistillModule(student, build_objective({"objective": name}, student), CachedOutputs(torch.randn(6, 3)))
     student.features_and_logits = None  # a feature path would fail
     batch = {"x": x, "y": torch.randint(0, 3, (6,)), "idx": torch.arange(6)}
     with warnings.catch_warnings():
@@ -204,9 +203,8 @@ def test_cached_and_forward_teacher_outputs_give_the_same_loss(compose_tiny, tmp
     cached = teacher_cache(RunDir(tmp_path / "teacher"), teacher, data, features=True)
     assert cached.features.shape == (len(data.train), 12)
     obj = build_objective(objective, student, teacher)
-    from_cache = DistillModule(student, teacher_logits=cached.logits, teacher_features=cached.features,
-                               objective=obj, alpha=0.5)
-    from_forward = DistillModule(student, teacher=teacher, teacher_outputs="forward", objective=obj, alpha=0.5)
+    from_cache = DistillModule(student, obj, CachedOutputs(cached.logits, cached.features), alpha=0.5)
+    from_forward = DistillModule(student, obj, FrozenTeacher(teacher), alpha=0.5)
     batch = next(iter(data.train_dataloader()))
     a, b = from_cache.student_loss(batch), from_forward.student_loss(batch)
     assert a.item() > 0

@@ -21,7 +21,7 @@ from biaskd.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
 from biaskd.errors import ConfigError
 from biaskd.models.sequence import LSTMEncoder
-from biaskd.modules.lm import LMModule, check_lm_config, mixture_nll, shift
+from biaskd.modules.lm import LMModule, mixture_nll, shift
 from biaskd.modules.seqkd import (
     beam_search,
     cache_path,
@@ -37,6 +37,7 @@ from biaskd.modules.seqkd import (
 )
 from biaskd.objectives import OBJECTIVES, check_config, objective_options
 from biaskd.run_record import run_name
+from biaskd.recipes import check_lm_config
 
 # modules are called directly here, without a Trainer to log to
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -420,7 +421,7 @@ def test_seqkd_config_validates_in_the_lm_setup_only(compose_tiny, tmp_path):
     assert objective_options(cfg.distill) == {"beam_width": 5, "prompt": "verb", "prompt_tokens": 2, "verb": "candidates",
                                                 "mix": "teacher"}
     assert cfg.distill.mode == "cross" and cfg.distill.alpha == 1.0
-    assert "-cross-seqkd-from-lstm-" in run_name(cfg, "abc")
+    assert "-cross-seqkd-from-lstm-" in run_name(cfg, "abc", "lm")
     config_mod.validate(compose_tiny(*TINY_LM, "distill=self", "objective=seqkd", "distill.seqkd.mix=interpolate",
                                      "distill.seqkd.prompt=tokens", "distill.alpha=0.5"))
     # the classification setup: one clear ConfigError, before any (teacher) training
@@ -463,7 +464,7 @@ def test_sequence_level_module_trains_the_student_without_a_teacher(compose_tiny
     fit = sequence_level_split(OmegaConf.to_container(cfg.distill, resolve=True), data.train, teacher)
     assert len(fit) == 2 * len(data.train)
     module = sequence_level_module(cfg, student, data, fit)
-    assert module.teacher_outputs is None and module.alpha == 0.25
+    assert module.frozen is None and not module.online and module.alpha == 0.25
     assert not any(k.startswith("teacher") for k in module.state_dict())
     batch = {"x": fit.x[:4], "y": fit.y[:4], "idx": torch.arange(4)}  # teacher rows only: weight 2 * .25
     inputs, targets, mask = shift(batch["x"])

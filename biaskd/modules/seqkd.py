@@ -34,7 +34,7 @@ CACHE_VERSION = 1
 
 def is_sequence_level(distill: Mapping[str, Any]) -> bool:
     """Whether the objective ``distill`` names trains on teacher-generated sequences."""
-    return distill.get("mode", "none") != "none" and bool(getattr(objective_class(distill), "sequence_level", False))
+    return bool(getattr(objective_class(distill), "sequence_level", False))
 
 
 def uses_gold(distill: Mapping[str, Any]) -> bool:
