@@ -35,6 +35,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from biaskd.modes import MODES, run_label
+
 # seaborn "colorblind" palette entries
 _BLUE, _ORANGE, _GREEN, _RED, _PURPLE, _BROWN, _PINK, _GREY, _YELLOW, _CYAN = (
     "#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9")
@@ -75,34 +77,22 @@ def kind(row: Mapping) -> str:
     """teacher, independent, self-distilled, distilled, online, or the objective's name."""
     if _get(row, "role") == "teacher":
         return "teacher"
-    mode = _get(row, "distill") or "none"
+    mode = MODES.get(_get(row, "distill") or "none")
     objective = _get(row, "objective") or "kd"
-    if mode == "none":
-        return "independent"
-    if objective != "kd":
+    if mode is None:
+        return "other"
+    if mode.distilled and objective != "kd":
         return objective.rsplit(".", 1)[-1] if objective.rsplit(".", 1)[-1] in KINDS else (
             objective if objective in KINDS else "other")
-    return {"self": "self-distilled", "cross": "distilled", "online": "online"}.get(mode, "other")
+    return mode.kind
 
 
 def base_label(row: Mapping) -> str:
     """The configuration's label without α / T (see the module docstring)."""
-    model = _get(row, "model") or "?"
+    text = run_label(_get(row, "model") or "?", _get(row, "distill"), _get(row, "teacher_model"),
+                     _get(row, "objective"), _get(row, "role"))
     if _get(row, "role") == "teacher":
-        return f"{model} teacher"
-    mode = _get(row, "distill") or "none"
-    teacher = _get(row, "teacher_model")
-    if mode == "none":
-        text = f"{model} independent"
-    elif mode == "self":
-        text = f"{model} self-distilled"
-    elif mode == "online":
-        text = f"{model} online-distilled" + (f" with {teacher}" if teacher else "")
-    else:
-        text = f"{model} distilled" + (f" from {teacher}" if teacher else "")
-    objective = _get(row, "objective")
-    if mode != "none" and objective and objective != "kd":
-        text += f" ({objective.rsplit('.', 1)[-1]})"
+        return text
     transfer = _get(row, "transfer")
     if transfer:
         text += f" +{transfer}"

@@ -21,7 +21,8 @@ import torch
 from biaskd.data.base import Split, TensorBatches
 from biaskd.losses import cross_entropy
 from biaskd.modules.classifier import ClassifierModule
-from biaskd.modules.distill import DistillModule
+from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
+from biaskd.objectives.kd import SoftTargets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -212,9 +213,8 @@ def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> 
     def contenders(sp: Split, ep: int, lens) -> dict:
         fit = lambda module: lightning_fit(module, sp, bs, ep, lens)  # noqa: E731
         return {  # the ratios' pairs are neighbours in this order
-            "kd_forward": lambda: fit(DistillModule(make_student(), teacher=teacher, teacher_outputs="forward",
-                                                    temperature=2.0)),
-            "kd_cached": lambda: fit(DistillModule(make_student(), teacher_logits=cached, temperature=2.0)),
+            "kd_forward": lambda: fit(DistillModule(make_student(), SoftTargets(2.0), FrozenTeacher(teacher))),
+            "kd_cached": lambda: fit(DistillModule(make_student(), SoftTargets(2.0), CachedOutputs(cached))),
             "student": lambda: fit(ClassifierModule(make_student())),
             "plain": lambda: plain_loop(make_student(), sp, bs, ep, lens),
             "run_trainer": lambda: run_trainer_fit(ClassifierModule(make_student()), sp, bs, ep, lens),

@@ -340,24 +340,31 @@ def _app(cfg: DictConfig):
         return _failure(exc)
 
 
+def _verbose() -> bool:
+    return os.environ.get("BIASKD_VERBOSE") == "1" or os.environ.get("BIASKD_USER_FULL_ERROR") == "1"
+
+
 def unknown_option(exc: BaseException) -> str | None:
     """One line for an option a config group does not have (``model=mlpp``): the group, the
-    option, and the closest options it has; None for other errors."""
+    option, and the closest options it has (all of them when none is close); for
+    ``distill=<objective>`` (as in ``distill=hints``, from when the distill group held the
+    objectives too) the spelling now. None for other errors."""
     import difflib
 
     from hydra.errors import MissingConfigException
 
+    from biaskd.objectives import OBJECTIVES
+
     if not isinstance(exc, MissingConfigException) or not exc.options or not exc.missing_cfg_file:
         return None
-    group, _, option = str(exc.missing_cfg_file).rpartition("/")
+    group, _, name = str(exc.missing_cfg_file).rpartition("/")
+    if group == "distill" and name in OBJECTIVES:
+        return (f"distill={name}: the mode (distill=none|self|cross|online) and the objective are two config "
+                f"groups; write distill=cross objective={name} (or distill=self objective={name})")
     options = sorted(map(str, exc.options))
-    close = difflib.get_close_matches(option, options, n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(close)}?" if close else f"options: {', '.join(options)}"
-    return f"config group {group!r} has no option {option!r}; {hint}"
-
-
-def _verbose() -> bool:
-    return os.environ.get("BIASKD_VERBOSE") == "1" or os.environ.get("BIASKD_USER_FULL_ERROR") == "1"
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"its options: {', '.join(options)}"
+    return f"config group {group!r} has no option {name!r} ({group}={name}); {hint}"
 
 
 def main() -> None:
@@ -393,6 +400,8 @@ def main() -> None:
         elif "srun" in str(exc):  # the SLURM launcher off a cluster
             print("error: hydra/launcher=slurm submits SLURM jobs, but SLURM is not here (no `srun`); run the command "
                   "on the cluster, or use hydra/launcher=basic or parallel", file=sys.stderr)
+        elif unknown_option(exc):
+            print(f"error: {unknown_option(exc)}", file=sys.stderr)
         elif isinstance(exc, CompactHydraException):
             print(f"error: {exc}" + (f"\n{exc.__cause__}" if exc.__cause__ else ""), file=sys.stderr)
         else:

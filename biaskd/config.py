@@ -17,7 +17,7 @@ from biaskd import objectives
 from biaskd.artifacts import config_hash
 from biaskd.data import transfer
 from biaskd.errors import ConfigError
-from biaskd.recipes import DISTILL_MODES  # the modes some recipe trains: the recipe table is their one list
+from biaskd.modes import mode_named, mode_of
 from biaskd.search import VALIDATION_METRICS
 TEACHER_OUTPUTS = ("cached", "forward", "online")
 ALPHA_SCHEDULES = ("constant", "linear", "exponential")
@@ -118,30 +118,30 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "task.num_classes") is not None:  # tasks whose class count is a setting (toy)
         _number(cfg, "task.num_classes", low=2, integer=True)
     _positive_sizes(cfg, "model")
-    _choice(cfg, "distill.mode", DISTILL_MODES)
-    mode = _get(cfg, "distill.mode")
+    mode = mode_named(_get(cfg, "distill.mode"))
     transfer.check(OmegaConf.to_container(cfg, resolve=True))
     # the distillation settings are checked for distill=none too (which has them, unused, so that a
     # sweep over modes can set them once): a value no mode accepts is a mistake in every job
     for key, low, high in (("distill.alpha", 0, 1), ("distill.final_alpha", 0, 1)):
-        if OmegaConf.select(cfg, key) is not None or mode != "none":
+        if OmegaConf.select(cfg, key) is not None or mode.distilled:
             _number(cfg, key, low=low, high=high)
-    if OmegaConf.select(cfg, "distill.temperature") is not None or mode != "none":
+    if OmegaConf.select(cfg, "distill.temperature") is not None or mode.distilled:
         _number(cfg, "distill.temperature", low=0, low_open=True)
     for key, choices in (("distill.alpha_schedule", ALPHA_SCHEDULES), ("distill.teacher_outputs", TEACHER_OUTPUTS)):
-        if OmegaConf.select(cfg, key) is not None or mode != "none":
+        if OmegaConf.select(cfg, key) is not None or mode.distilled:
             _choice(cfg, key, choices)
-    if mode != "none":
+    if mode.distilled:
         objectives.check_config(_get(cfg, "distill"))
-        if (mode == "online") != (_get(cfg, "distill.teacher_outputs") == "online"):
-            raise ConfigError("config key 'distill.teacher_outputs' must be 'online' exactly when distill.mode=online")
-    if mode in ("cross", "online"):
+        if _get(cfg, "distill.teacher_outputs") not in mode.teacher_outputs:
+            raise ConfigError(f"config key 'distill.teacher_outputs' must be one of {', '.join(mode.teacher_outputs)} "
+                              f"with distill.mode={mode.name}; got {_get(cfg, 'distill.teacher_outputs')!r}")
+    if mode.teacher_from_config:
         teacher_model = OmegaConf.select(cfg, "teacher.model")
         if isinstance(teacher_model, str):
             raise ConfigError(f"config key 'teacher.model' is the string {teacher_model!r}, not a model config; "
                               f"choose the teacher's architecture with model@teacher.model={teacher_model}")
         if _get(cfg, "teacher.model.name") is None:
-            raise ConfigError(f"distill.mode={mode} needs a teacher model (config key 'teacher.model')")
+            raise ConfigError(f"distill.mode={mode.name} needs a teacher model (config key 'teacher.model')")
         _positive_sizes(cfg, "teacher.model")
         task = _get(cfg, "teacher.task")
         if task is not None and task != _get(cfg, "task.name"):
@@ -181,7 +181,7 @@ def check(cfg: DictConfig) -> None:
     needs: :func:`validate` of both, with the teacher's keys named as the student's config
     spells them (``teacher.overrides.<key>``, ``teacher.max_epochs``)."""
     validate(cfg)
-    if _get(cfg, "distill.mode") not in ("self", "cross"):
+    if not mode_of(cfg).trained_teacher:
         return
     tcfg = teacher_config(cfg)
     try:
@@ -200,7 +200,7 @@ def in_teacher_config(cfg: DictConfig, exc: ConfigError) -> ConfigError:
             key = f"teacher.overrides.{key}"
         elif key == "trainer.max_epochs" and spec.get("max_epochs") is not None:
             key = "teacher.max_epochs"
-        elif key.startswith("model.") and _get(cfg, "distill.mode") == "cross":
+        elif key.startswith("model.") and mode_of(cfg).teacher_from_config:
             key = f"teacher.{key}"
         return f"config key {key!r}"
 
@@ -358,10 +358,10 @@ def did_you_mean(word: str, candidates, prefix: str = "") -> str:
 def canonical(cfg: DictConfig) -> DictConfig:
     """Cross-distillation from a teacher with the student's own model config *is*
     self-distillation: name it so, so that a grid over teacher × student × mode runs it once."""
-    if cfg.distill.mode == "cross" and OmegaConf.to_container(cfg.teacher.model, resolve=True) == \
-            OmegaConf.to_container(cfg.model, resolve=True):
+    name = mode_of(cfg).canonical_name(cfg)
+    if name != cfg.distill.mode:
         cfg = cfg.copy()
-        cfg.distill.mode = "self"
+        cfg.distill.mode = name
     return cfg
 
 
@@ -372,15 +372,13 @@ def identity(cfg: DictConfig, data_fingerprint: str) -> dict:
     for node, keys in _NOT_IDENTITY_NESTED.items():
         if isinstance(c.get(node), dict):
             c[node] = {k: v for k, v in c[node].items() if k not in keys}
-    mode = c.get("distill", {}).get("mode", "none")
-    if mode == "none":
-        c.pop("teacher", None)
-        c["distill"] = {"mode": "none"}
-    elif mode == "self":
-        c.get("teacher", {}).pop("model", None)
+    mode = mode_of(c)
+    if mode.distilled:
+        c["distill"] = objectives.identity_options(c["distill"], c.get("task") or {})
+    mode.trim_identity(c)
     if transfer.spec_of(c).is_train:  # the default: runs from before transfer sets keep their hash
         c.pop("transfer", None)
-    if c.get("role") == "teacher" or mode in ("self", "cross"):
+    if c.get("role") == "teacher" or mode.trained_teacher:
         c["teacher_protocol"] = TEACHER_PROTOCOL
     c["data_fingerprint"] = data_fingerprint
     return c
@@ -406,10 +404,9 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     ``teacher.max_epochs`` (if set) and ``teacher.overrides`` merged in *before* interpolations
     are resolved (so ``train.batch_size`` also sets ``task.batch_size``). Training the result
     alone, e.g. ``python -m biaskd.rerun`` on its run dir, gives the very same teacher."""
-    mode = cfg.distill.mode
     spec = OmegaConf.to_container(cfg.teacher, resolve=True) if cfg.get("teacher") is not None else {}
     t = OmegaConf.to_container(cfg, resolve=False)
-    if mode != "self":
+    if not mode_of(cfg).teacher_is_student:
         t["model"] = spec["model"]
     t["seed"] = int(cfg.seed) + int(spec.get("seed_offset", 0) or 0)
     t["distill"] = {"mode": "none"}

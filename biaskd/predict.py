@@ -8,7 +8,8 @@ from biaskd.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
 from biaskd.data.datamodule import TaskData
 from biaskd.metrics import split_metrics, teacher_signal
-from biaskd.modules.lm import is_lm, lm_scores
+from biaskd.data.base import is_lm
+from biaskd.modules.lm import lm_scores
 from biaskd.objectives import features_and_logits
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from biaskd.config import did_you_mean
+from biaskd.data.base import is_lm
 from biaskd.errors import ConfigError, StorageError
 
 #: ``lightning.Trainer`` arguments every run sets itself (:func:`biaskd.train.make_trainer`)
@@ -117,7 +118,7 @@ def _torch_flags_kept():
 # -- the data -----------------------------------------------------------------------------------------
 def check_classes(data: Any, task_name: str) -> None:
     """A classification task needs at least two classes (the metrics and the loss need them)."""
-    if getattr(data, "setup_kind", "classification") == "lm":
+    if is_lm(data):
         return
     n = int(data.num_classes)
     if n < 2:

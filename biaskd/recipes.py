@@ -1,7 +1,7 @@
-"""How each kind of run is made: where its teacher comes from, what it trains on, which Lightning
-module trains it. One recipe per (setup, distillation mode, objective level) in :data:`RECIPES`;
-a new mode or setup is one recipe and its entries there: the modes a config may ask for
-(:data:`DISTILL_MODES`, checked by :func:`biaskd.config.check`) are read off the table.
+"""How each kind of run is made, per setup and objective level: where its teacher comes from (the
+mode's :attr:`~biaskd.modes.Mode.teacher`), what it trains on, which Lightning module trains it.
+One recipe per (setup, objective level) in :data:`RECIPES`; the mode (:mod:`biaskd.modes`) says
+the rest. A new setup is one recipe and its entries there.
 
 The config check imports this module before anything trains, so the training stack (Lightning
 modules, teacher caches) is imported by the recipe that uses it, when it is used.
@@ -15,15 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from biaskd.artifacts import RunDir
-from biaskd.data.base import Split
+from biaskd.data.base import Split, setup_of
 from biaskd.errors import ConfigError
 from biaskd.models import check_model
-from biaskd.objectives import Outputs, build_objective, objective_class
+from biaskd.modes import Mode, mode_of
 
 if TYPE_CHECKING:
     from biaskd.data.datamodule import TaskData
     from biaskd.modules.classifier import ClassifierModule
-    from biaskd.modules.distill import DistillModule
 
 
 @dataclass
@@ -48,81 +47,51 @@ class Parts:
 
 
 class Recipe:
-    """Independent training: no teacher, cross-entropy on the training split."""
+    """A classifier, trained as its mode says (:meth:`biaskd.modes.Mode.module`)."""
 
-    #: ``trained``: a teacher run, found or trained first; ``online``: trained alongside; None: no teacher
-    teacher: str | None = None
-    #: record what the teacher's soft targets carried (``metrics.json``'s ``teacher_signal``)
-    records_teacher_signal = False
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+
+    @property
+    def teacher(self) -> str | None:
+        """``trained``: a teacher run, found or trained first; ``online``: trained alongside; None: no teacher."""
+        return self.mode.teacher
+
+    @property
+    def records_teacher_signal(self) -> bool:
+        """Record what the teacher's soft targets carried (``metrics.json``'s ``teacher_signal``)."""
+        return self.mode.trained_teacher
 
     def check(self, cfg: DictConfig, data: TaskData) -> None:
         """What the config asks that this kind of run cannot do (before anything trains)."""
-        if cfg.distill.mode in ("cross", "online"):
+        if self.mode.teacher_from_config:
             check_model(cfg.teacher.model, data)
 
     def training_split(self, cfg: DictConfig, fit: Split, teacher: Teacher | None) -> Split:
         return fit
 
     def module(self, p: Parts) -> ClassifierModule:
-        from biaskd.modules.classifier import ClassifierModule
-
-        return ClassifierModule(p.net, **p.optim)
-
-
-class Distilled(Recipe):
-    """Offline (self/cross, teacher outputs cached or run every step) or online KD of a classifier
-    with any output objective."""
-
-    def __init__(self, teacher: str) -> None:
-        self.teacher = teacher
-        self.records_teacher_signal = teacher == "trained"
-
-    def module(self, p: Parts) -> DistillModule:
-        from biaskd.modules.distill import DistillModule
-        from biaskd.teachers import teacher_cache
-
-        distill = p.cfg.distill
-        cached = Outputs(None)
-        if distill.teacher_outputs == "cached":
-            cached = teacher_cache(p.teacher.run, p.teacher.model, p.data, split=p.fit,
-                                   features=objective_class(distill).needs_features)
-        return DistillModule(
-            p.net,
-            teacher_logits=cached.logits,
-            teacher_features=cached.features,
-            objective=build_objective(distill, p.model, p.teacher.model),
-            teacher=p.teacher.model,
-            teacher_outputs=distill.teacher_outputs,
-            alpha=float(distill.alpha),
-            alpha_schedule=distill.alpha_schedule,
-            final_alpha=float(distill.final_alpha),
-            **p.optim,
-        )
+        return self.mode.module(p)
 
 
 class LanguageModel(Recipe):
     """The LM setup: next-token CE alone, or word-level KD (a teacher run or an online teacher)."""
 
-    def __init__(self, teacher: str | None = None) -> None:
-        self.teacher = teacher
+    records_teacher_signal = False
 
     def check(self, cfg: DictConfig, data: TaskData) -> None:
-        from biaskd.modules.lm import check_lm_config
-
         super().check(cfg, data)
         check_lm_config(cfg)
 
     def module(self, p: Parts) -> ClassifierModule:
         from biaskd.modules.lm import lm_module
 
-        return lm_module(p.cfg, p.net, p.teacher.model if p.teacher else None, p.data, **p.optim)
+        return lm_module(p.cfg, p.net, p.teacher.model if p.teacher else None, p.data, online=self.mode.online,
+                         **p.optim)
 
 
 class SequenceLevel(LanguageModel):
     """Sequence-level KD: the student trains on sentences its teacher run generates, no teacher forward."""
-
-    def __init__(self) -> None:
-        super().__init__("trained")
 
     def training_split(self, cfg: DictConfig, fit: Split, teacher: Teacher | None) -> Split:
         from biaskd.modules.seqkd import sequence_level_split
@@ -136,35 +105,39 @@ class SequenceLevel(LanguageModel):
         return sequence_level_module(p.cfg, p.net, p.data, p.fit, **p.optim)
 
 
-#: (setup, distill.mode, objective level) -> recipe
-RECIPES: dict[tuple[str, str, str], Recipe] = {
-    ("classification", "none", "output"): Recipe(),
-    ("classification", "self", "output"): Distilled("trained"),
-    ("classification", "cross", "output"): Distilled("trained"),
-    ("classification", "online", "output"): Distilled("online"),
-    ("lm", "none", "output"): LanguageModel(),
-    ("lm", "self", "output"): LanguageModel("trained"),
-    ("lm", "cross", "output"): LanguageModel("trained"),
-    ("lm", "online", "output"): LanguageModel("online"),
-    ("lm", "self", "sequence"): SequenceLevel(),
-    ("lm", "cross", "sequence"): SequenceLevel(),
+def check_lm_config(cfg) -> None:
+    """Raise ConfigError for what the LM setup cannot run (checked before any training)."""
+    objective = cfg.distill.get("objective") or "kd"
+    mode = mode_of(cfg)
+    if not mode.distilled:
+        return
+    if objective not in ("kd", "seqkd"):
+        raise ConfigError(f"distill.objective={objective!r}: the LM setup supports word-level KD (objective=kd) "
+                          f"and sequence-level KD (objective=seqkd) only")
+    if objective == "seqkd" and not mode.trained_teacher:
+        raise ConfigError(f"distill.objective=seqkd with distill.mode={mode.name}: sequence-level KD trains on "
+                          f"sentences a trained teacher generates before the student starts; use distill=cross or self")
+
+
+#: (setup, objective level) -> the recipe class
+RECIPES: dict[tuple[str, str], type[Recipe]] = {
+    ("classification", "output"): Recipe,
+    ("lm", "output"): LanguageModel,
+    ("lm", "sequence"): SequenceLevel,
 }
-#: the values of ``distill.mode``: those some recipe trains, in the table's order
-DISTILL_MODES = tuple(dict.fromkeys(mode for _, mode, _ in RECIPES))
 
 
 def recipe_for(cfg: DictConfig, data: TaskData) -> Recipe:
-    """The recipe of the run ``cfg`` describes on ``data`` (whose ``setup_kind`` names its setup;
-    ``classification`` without one)."""
-    from biaskd.modules.lm import check_lm_config
+    """The recipe of the run ``cfg`` describes on ``data``."""
     from biaskd.modules.seqkd import is_sequence_level
 
-    setup = getattr(data, "setup_kind", "classification")
-    level = "sequence" if is_sequence_level(cfg.distill) else "output"
-    recipe = RECIPES.get((setup, cfg.distill.mode, level))
-    if recipe is None:
+    setup = setup_of(data)
+    mode = mode_of(cfg)
+    level = "sequence" if mode.distilled and is_sequence_level(cfg.distill) else "output"
+    recipe = RECIPES.get((setup, level))
+    if recipe is None or (level == "sequence" and not mode.trained_teacher):
         if setup == "lm":
             check_lm_config(cfg)  # names what the LM setup cannot run
-        raise ConfigError(f"no way to train setup {setup!r} with distill.mode={cfg.distill.mode} and a "
+        raise ConfigError(f"no way to train setup {setup!r} with distill.mode={mode.name} and a "
                           f"{level}-level objective ({cfg.distill.get('objective') or 'kd'})")
-    return recipe
+    return recipe(mode)

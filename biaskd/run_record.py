@@ -13,24 +13,33 @@ from omegaconf import DictConfig
 from biaskd import artifacts, config as config_mod, schema
 from biaskd.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
+from biaskd.data.base import setup_of
 from biaskd.data.build import absolute
 from biaskd.data.datamodule import TaskData
+from biaskd.modes import mode_of
 from biaskd.objectives import objective_options
 from biaskd.reproduce import machine_signature
 from biaskd.scenario import declared as declared_scenario
 
 
-def run_name(cfg: DictConfig, digest: str) -> str:
-    mode = cfg.distill.mode
+def task_name(cfg: DictConfig, setup: str) -> str:
+    """The task a run is filed under: LM runs are their own task for analysis (``sva_lm``; their
+    metrics are not comparable with classification)."""
+    return f"{cfg.task.name}_lm" if setup == "lm" else str(cfg.task.name)
+
+
+def run_name(cfg: DictConfig, digest: str, setup: str) -> str:
+    """``<task>-<model>-<mode>[-<objective>][-from-<teacher>][-<transfer>]-s<seed>-<digest>``;
+    ``setup``: the task data's (:func:`biaskd.data.base.setup_of`)."""
+    mode = mode_of(cfg)
     role = cfg.get("role", "student")
-    task = f"{cfg.task.name}_lm" if cfg.task.get("setup") == "lm" else cfg.task.name
-    parts = [task, cfg.model.name]
+    parts = [task_name(cfg, setup), cfg.model.name]
     if role != "teacher":
-        parts.append(mode)
+        parts.append(mode.name)
         objective = cfg.distill.get("objective") or "kd"
-        if mode != "none" and objective != "kd":
+        if mode.distilled and objective != "kd":
             parts.append(objective)
-        if mode in ("cross", "online"):
+        if mode.teacher_from_config:
             parts.append(f"from-{cfg.teacher.model.name}")
         transfer_part = transfer_mod.run_name_part(transfer_mod.spec_of(cfg))
         if transfer_part:
@@ -43,7 +52,7 @@ def run_dir_for(cfg: DictConfig, data: TaskData) -> RunDir:
     digest = config_mod.run_hash(cfg, data.fingerprint())
     root = absolute(cfg.runs_dir)
     folder = "teachers" if cfg.get("role", "student") == "teacher" else str(cfg.experiment_name)
-    return RunDir(root / folder / run_name(cfg, digest))
+    return RunDir(root / folder / run_name(cfg, digest, setup_of(data)))
 
 
 def _versions() -> dict[str, str]:
@@ -84,38 +93,33 @@ def data_summary(data: TaskData) -> dict:
 def run_meta(cfg: DictConfig, data: TaskData, run: RunDir, teacher_run: RunDir | None, digest: str,
              init_from: RunDir | None = None) -> dict:
     """The run's ``meta.json`` (keys: README, "Run directory format")."""
-    mode = cfg.distill.mode
-    distilled = mode != "none"
-    teacher_model = None
-    if mode == "self":
-        teacher_model = cfg.model.name
-    elif distilled:
-        teacher_model = cfg.teacher.model.name
+    mode = mode_of(cfg)
+    distilled = mode.distilled
+    setup = setup_of(data)
     return {
         "format": schema.FORMAT,
         "format_version": schema.FORMAT_VERSION,
         "run_id": run.path.name,
         "name": run.path.name,
-        # LM runs are their own task for analysis (their metrics are not comparable with classification)
-        "task": f"{cfg.task.name}_lm" if getattr(data, "setup_kind", None) == "lm" else cfg.task.name,
-        "setup": getattr(data, "setup_kind", "classification"),
+        "task": task_name(cfg, setup),
+        "setup": setup,
         "data": data_summary(data),
         "model": cfg.model.name,
         "role": cfg.get("role", "student"),
-        "distill": mode,
+        "distill": mode.name,
         "objective": cfg.distill.get("objective", "kd") if distilled else None,
         "objective_options": objective_options(cfg.distill) if distilled else None,
         "teacher_run": os.path.relpath(teacher_run.path, run.path.parent) if teacher_run else None,
         "teacher_run_id": teacher_run.path.name if teacher_run else None,
         "init_from": os.path.relpath(init_from.path, run.path.parent) if init_from else None,
-        "teacher_model": teacher_model,
+        "teacher_model": mode.teacher_model(cfg).name if distilled else None,
         "seed": int(cfg.seed),
         "alpha": float(cfg.distill.alpha) if distilled else None,
         "temperature": float(cfg.distill.temperature) if distilled else None,
         "config_hash": digest,
         "data_fingerprint": data.fingerprint(),
         "experiment": str(cfg.experiment_name),
-        "scenario": declared_scenario(cfg, getattr(data, "setup_kind", None)).to_dict(),
+        "scenario": declared_scenario(cfg, setup).to_dict(),
         "num_classes": int(data.num_classes),
         "eval_splits": sorted(data.evals),
         "probe": {"split": data.probe_split, "n": int(len(data.probe))},

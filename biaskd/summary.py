@@ -8,25 +8,19 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from biaskd import artifacts
+from biaskd import artifacts, modes
 from biaskd.artifacts import RunDir, teacher_of
 
 
 def run_label(meta: dict) -> str:
-    if meta.get("role") == "teacher":
-        return f"{meta['model']} (teacher)"
-    mode = meta.get("distill", "none")
-    objective = meta.get("objective")
-    how = "" if objective in (None, "kd") else f" ({objective})"
+    """A run's label (:func:`biaskd.modes.run_label`) from its meta.json, with its transfer inputs."""
+    text = modes.run_label(meta["model"], meta.get("distill"), meta.get("teacher_model"), meta.get("objective"),
+                           meta.get("role"))
     transfer = meta.get("transfer") or {}
-    if transfer.get("n"):
+    if transfer.get("n") and meta.get("role") != "teacher":
         labels = "gold" if transfer.get("gold_labels") else "teacher-labelled"
-        how += f" +{transfer['n']} {transfer.get('source')} inputs ({labels})"
-    if mode == "none":
-        return f"{meta['model']} independent{how}"
-    if mode == "self":
-        return f"{meta['model']} self-distilled{how}"
-    return f"{meta['model']} {mode}-distilled from {meta.get('teacher_model')}{how}"
+        text += f" +{transfer['n']} {transfer.get('source')} inputs ({labels})"
+    return text
 
 
 def data_label(meta: dict) -> str:

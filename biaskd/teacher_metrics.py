@@ -34,7 +34,9 @@ from biaskd.data.base import Split
 from biaskd.errors import ArtifactError
 from biaskd.measures import from_logits, js_divergence, linear_cka, top1_agreement
 from biaskd.modules.callbacks import batched_features
-from biaskd.modules.lm import is_lm, lm_scores
+from biaskd.data.base import is_lm
+from biaskd.modes import mode_of
+from biaskd.modules.lm import lm_scores
 from biaskd.predict import predict_logits
 from biaskd.rebuild import load_model
 from biaskd.run_record import run_dir_for
@@ -70,7 +72,7 @@ def compare_setting(cfg: DictConfig) -> str | bool:
 
 
 def _independent_student(cfg: DictConfig) -> bool:
-    return (cfg.get("role", "student") != "teacher" and cfg.distill.mode == "none"
+    return (cfg.get("role", "student") != "teacher" and not mode_of(cfg).distilled
             and compare_setting(cfg) is not False and (cfg.get("teacher") or {}).get("model") is not None)
 
 
@@ -90,7 +92,7 @@ def reference_teacher(cfg: DictConfig, data, teacher_run: RunDir | None,
     teacher a distilled run of its config would use, on the same data, if there is one."""
     if cfg.get("role", "student") == "teacher":
         return None, None
-    if cfg.distill.mode != "none":
+    if mode_of(cfg).distilled:
         return teacher_run, teacher_model
     if not _independent_student(cfg):
         return None, None

@@ -21,14 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from biaskd import artifacts, config as config_mod, distributed, preflight, schema, teacher_metrics
 from biaskd.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
-from biaskd.data.base import Split, TensorBatches
+from biaskd.data.base import Split, TensorBatches, is_lm
 from biaskd.data.build import absolute, build_data
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ConfigError, TrainingError
 from biaskd.models import build_model, check_model
+from biaskd.modes import mode_of
 from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, LogInCheckpoint, RunLogger,
                                      TrainingPathRecorder, batched_features)
-from biaskd.modules.lm import is_lm, verb_prefix
+from biaskd.modules.lm import verb_prefix
 from biaskd.predict import evaluate, transfer_signal
 from biaskd.quiet import quiet_libraries
 from biaskd.rebuild import load_model
@@ -93,7 +94,7 @@ def check_trainers(cfg: DictConfig) -> None:
     """The ``trainer`` config of the run, and of the teacher it trains first, as lightning.Trainer
     would take it (:func:`biaskd.preflight.check_trainer`)."""
     preflight.check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
-    if cfg.distill.mode in ("self", "cross"):
+    if mode_of(cfg).trained_teacher:
         tcfg = config_mod.teacher_config(cfg)
         if OmegaConf.to_container(tcfg.trainer, resolve=True) != OmegaConf.to_container(cfg.trainer, resolve=True):
             try:
@@ -117,7 +118,7 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
     ckpt = distributed.on_main(resume_checkpoint, run, repair)
     teacher = TEACHERS[recipe.teacher](cfg, data)
     lap("teacher")
-    distilled = cfg.distill.mode != "none"
+    distilled = mode_of(cfg).distilled
     fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=distilled)
     # what rank 0 writes into the teacher's cache (generated sentences, logits), the others read
     fit = distributed.main_first(recipe.training_split, cfg, fit, teacher)

@@ -44,12 +44,12 @@ RUNS = {
     "independent": ["distill=none"],
     "self_forward": ["distill=self", "distill.teacher_outputs=forward"],
     "online": ["distill=online"],
-    "hints": ["distill=hints", "distill.alpha=0.5"],
-    "relation_schedule": ["distill=relation", "distill.alpha=0.8", "distill.alpha_schedule=linear",
-                          "distill.final_alpha=0.2"],
-    "logits_mse": ["distill=logits_mse"],
+    "hints": ["distill=cross", "objective=hints", "distill.alpha=0.5"],
+    "relation_schedule": ["distill=cross", "objective=relation", "distill.alpha=0.8",
+                          "distill.alpha_schedule=linear", "distill.final_alpha=0.2"],
+    "logits_mse": ["distill=cross", "objective=logits_mse"],
     "lm_cross": [*TINY_LM, "distill=cross"],
-    "lm_seqkd": [*TINY_LM, "distill=seqkd", "distill.alpha=0.5", "distill.seqkd.beam_width=2"],
+    "lm_seqkd": [*TINY_LM, "distill=cross", "objective=seqkd", "distill.alpha=0.5", "distill.seqkd.beam_width=2"],
 }
 
 #: kernel sets for --spread: (name, environment); each a "machine" this CPU can emulate

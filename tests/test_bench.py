@@ -14,7 +14,8 @@ from biaskd import bench, bench_loops
 from biaskd.data.base import Split, TensorBatches
 from biaskd.models.vision import MLP
 from biaskd.modules.classifier import ClassifierModule
-from biaskd.modules.distill import DistillModule
+from biaskd.modules.distill import CachedOutputs, DistillModule
+from biaskd.objectives.kd import SoftTargets
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +94,7 @@ def test_distill_module_trains_exactly_like_the_hand_loop():
     split = _split()
     table = torch.randn(len(split), 10)
     torch.manual_seed(0)
-    module = DistillModule(MLP(hidden=(32,)), teacher_logits=table, temperature=2.0, alpha=0.5)
+    module = DistillModule(MLP(hidden=(32,)), SoftTargets(2.0), CachedOutputs(table), alpha=0.5)
     plain = MLP(hidden=(32,))
     plain.load_state_dict(module.model.state_dict())
     _fit(module, split)

@@ -48,11 +48,13 @@ def test_valid_default_config_passes(compose_tiny):
     validate(compose_tiny("distill=cross"))
 
 
-def test_the_distill_modes_are_the_recipe_tables():
-    from biaskd.config import DISTILL_MODES
-    from biaskd.recipes import RECIPES
+def test_the_distill_modes_are_the_registry(compose_tiny):
+    from biaskd.modes import MODES
 
-    assert set(DISTILL_MODES) == {mode for _, mode, _ in RECIPES}
+    assert list(MODES) == ["none", "self", "cross", "online"]
+    for bad in ("distill.mode=sometimes", "distill.mode=hints"):
+        with pytest.raises(ConfigError, match=r"^config key 'distill\.mode' must be one of none, self, cross, online; "):
+            validate(compose_tiny(bad))
 
 
 def test_checking_a_config_does_not_import_the_training_stack():

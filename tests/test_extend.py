@@ -76,11 +76,10 @@ def user_project(tmp_path):
         _target_: mykd.models.Bottleneck
         width: 16
         """))
-    (conf / "distill").mkdir()
-    (conf / "distill" / "cosine.yaml").write_text(textwrap.dedent("""\
-        defaults:
-          - cross          # biaskd's offline KD settings (alpha, temperature, cached teacher outputs)
-          - _self_
+    (conf / "objective").mkdir()
+    (conf / "objective" / "cosine.yaml").write_text(textwrap.dedent("""\
+        # @package distill
+        defaults: [kd, _self_]   # the keys every objective has (alpha, temperature, t_squared)
         objective: mykd.objectives.CosineLogits
         alpha: 0.5
         cosine_logits:
@@ -105,9 +104,9 @@ def test_own_model_as_student_and_teacher_and_own_objective_from_a_user_package(
     biaskd(user_project, "-m", "experiment=toy_grid", "model=bottleneck", "model@teacher.model=cnn_small",
            "distill=none,cross")
     # ... as the teacher of a built-in student, and the user's objective
-    out = biaskd(user_project, "-m", "model=mlp_small", "model@teacher.model=bottleneck", "distill=cross,cosine",
+    out = biaskd(user_project, "-m", "model=mlp_small", "model@teacher.model=bottleneck", "distill=cross", "objective=kd,cosine",
                  "experiment_name=toy_grid")
-    assert "mlp_small cross-distilled from bottleneck" in out
+    assert "mlp_small distilled from bottleneck (CosineLogits)" in out
     runs = find_runs(user_project / "runs")
     by = {(r.model, r.role, r.distill, r.teacher_model, r.objective): r for r in runs}
     assert ("bottleneck", "student", "cross", "cnn_small", "kd") in by
@@ -198,7 +197,7 @@ def test_own_task_with_its_own_bias_measure_goes_through_training_sweeps_and_eve
                         "teacher.compare=true", f"runs_dir={user_project / 'runs'}"],
                        cwd=user_project, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "bottleneck cross-distilled from cnn_small" in p.stdout
+    assert "bottleneck distilled from cnn_small" in p.stdout
     sweep = next((user_project / "runs" / "_hydra").glob("*_multirun"))
     summary = (sweep / "summary.md").read_text()
     assert "rotated" in summary and "bottleneck" in summary

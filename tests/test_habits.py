@@ -103,17 +103,17 @@ def test_a_sweep_recipe_without_m_is_refused_in_one_line(tmp_path):
 def test_a_typo_in_a_config_option_is_one_line_with_the_closest_options(tmp_path):
     p = _biaskd("model=mlpp", "runs_dir=runs", cwd=tmp_path)
     assert p.returncode == 2, p.stdout + p.stderr
-    assert p.stderr.strip() == "error: config group 'model' has no option 'mlpp'; did you mean mlp?"
+    assert p.stderr.strip() == "error: config group 'model' has no option 'mlpp' (model=mlpp); did you mean mlp?"
     p = _biaskd("model@teacher.model=cnn_gpp", cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().startswith(
-        "error: config group 'model' has no option 'cnn_gpp'; did you mean cnn_gp or "), p.stderr
+        "error: config group 'model' has no option 'cnn_gpp' (model=cnn_gpp); did you mean cnn_gp or "), p.stderr
 
 
 def test_one_run_of_a_sweep_recipe_when_every_swept_key_is_set(tmp_path):
     p = _biaskd("experiment=toy_grid", "model=mlp_small", "model@teacher.model=cnn_small", "distill=cross",
                 *[o for o in TINY if not o.startswith(("task=", "model"))], "runs_dir=runs", cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "[mlp_small cross-distilled from cnn_small seed=1]" in p.stdout
+    assert "[mlp_small distilled from cnn_small seed=1]" in p.stdout
     # the run's table: accuracy, then the measures against its teacher
     assert "test ECE" in p.stdout and "agreement with the teacher per eval split, mean JS divergence, probe CKA" in p.stdout
 

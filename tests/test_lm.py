@@ -15,7 +15,9 @@ from biaskd.errors import ConfigError
 from biaskd.metrics import split_metrics
 from biaskd.models import build_model
 from biaskd.models.sequence import LSTMEncoder
+from biaskd.modules.distill import FrozenTeacher
 from biaskd.modules.lm import LMModule, VerbTargets, lm_scores, verb_logits, verb_prefix
+from biaskd.objectives.kd import SoftTargets
 from biaskd.data.build import build_data
 from biaskd.predict import evaluate
 from biaskd.rebuild import load_model
@@ -131,18 +133,18 @@ def test_word_level_kd_is_zero_when_student_is_teacher():
     student = LSTMEncoder(V, 0, d_model=8, dropout=0.0, lm_head=True)
     x = torch.tensor([[1, 2, 3, 4], [5, 3, 0, 0]])
     batch = {"x": x, "y": torch.zeros(2, dtype=torch.long), "idx": torch.arange(2)}
-    same = LMModule(student, teacher=copy.deepcopy(student), teacher_outputs="forward", temperature=2.0)
+    same = LMModule(student, teacher=FrozenTeacher(copy.deepcopy(student)), objective=SoftTargets(2.0))
     assert same.loss_step(batch, 0).item() == pytest.approx(0.0, abs=1e-6)
     # alpha < 1 leaves exactly the (1 - alpha) share of the LM loss
-    half = LMModule(student, teacher=copy.deepcopy(student), teacher_outputs="forward", alpha=0.5)
+    half = LMModule(student, teacher=FrozenTeacher(copy.deepcopy(student)), objective=SoftTargets(), alpha=0.5)
     ce = LMModule(student).loss_step(batch, 0).item()
     assert half.loss_step(batch, 0).item() == pytest.approx(0.5 * ce, rel=1e-5)
     other = LSTMEncoder(V, 0, d_model=8, dropout=0.0, lm_head=True)
-    assert LMModule(student, teacher=other, teacher_outputs="forward").loss_step(batch, 0).item() > 1e-4
+    assert LMModule(student, teacher=FrozenTeacher(other), objective=SoftTargets()).loss_step(batch, 0).item() > 1e-4
     # the frozen teacher is not module state; an online teacher is, and it learns the LM loss too
     assert not any(k.startswith("teacher") for k in same.state_dict())
     learner = LSTMEncoder(V, 0, d_model=8, dropout=0.0, lm_head=True)
-    online = LMModule(student, teacher=learner, teacher_outputs="online")
+    online = LMModule(student, teacher=learner, online=True, objective=SoftTargets())
     assert any(k.startswith("teacher.") for k in online.state_dict())
     online.loss_step(batch, 0).backward()
     assert learner.lm_head.weight.grad is not None and student.lm_head.weight.grad is not None

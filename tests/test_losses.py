@@ -84,7 +84,8 @@ def test_kd_loss_needs_labels_unless_pure_distillation():
 
 def test_cached_and_forward_teacher_give_the_same_kd_loss():
     from biaskd.models.vision import CNN, MLP
-    from biaskd.modules.distill import DistillModule
+    from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
+    from biaskd.objectives.kd import SoftTargets
 
     torch.manual_seed(0)
     x = torch.rand(32, 1, 28, 28)
@@ -93,8 +94,8 @@ def test_cached_and_forward_teacher_give_the_same_kd_loss():
     with torch.no_grad():
         table = teacher(x)
     table[8:16] = 10 * torch.randn(8, 10)  # rows the batch does not index must not matter
-    cached = DistillModule(student, teacher_logits=table, temperature=5.0, alpha=0.7)
-    forward = DistillModule(student, teacher=teacher, teacher_outputs="forward", temperature=5.0, alpha=0.7)
+    cached = DistillModule(student, SoftTargets(5.0), CachedOutputs(table), alpha=0.7)
+    forward = DistillModule(student, SoftTargets(5.0), FrozenTeacher(teacher), alpha=0.7)
     a, b = cached.loss_step(batch, 0), forward.loss_step(batch, 0)
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
     # and the cached lookup really is by example index: another batch of the table differs
@@ -182,7 +183,8 @@ def test_cached_log_prob_step_equals_kd_loss_and_forward_teacher(alpha):
     """DistillModule's cached path (a log-prob table made once) gives kd_loss's loss and gradient
     on the same batch, and the same loss as a teacher forward on that batch."""
     from biaskd.models.vision import CNN, MLP
-    from biaskd.modules.distill import DistillModule
+    from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
+    from biaskd.objectives.kd import SoftTargets
 
     torch.manual_seed(0)
     x = torch.rand(24, 1, 28, 28)
@@ -191,8 +193,8 @@ def test_cached_log_prob_step_equals_kd_loss_and_forward_teacher(alpha):
         table = teacher(x)
     student = MLP()
     batch = {"x": x[4:20], "y": torch.randint(0, 10, (16,)), "idx": torch.arange(4, 20)}
-    cached = DistillModule(student, teacher_logits=table, temperature=4.0, alpha=alpha)
-    forward = DistillModule(student, teacher=teacher, teacher_outputs="forward", temperature=4.0, alpha=alpha)
+    cached = DistillModule(student, SoftTargets(4.0), CachedOutputs(table), alpha=alpha)
+    forward = DistillModule(student, SoftTargets(4.0), FrozenTeacher(teacher), alpha=alpha)
 
     student.zero_grad()
     loss = cached.loss_step(batch, 0)

@@ -13,7 +13,7 @@ from biaskd.artifacts import RunDir
 from biaskd.errors import ConfigError
 from biaskd.models.sequence import build_sequence_model
 from biaskd.models.vision import CNN, MLP
-from biaskd.modules.distill import DistillModule
+from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
 from biaskd.objectives import OBJECTIVES, Outputs, build_objective, check_config
 from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
@@ -153,8 +153,7 @@ def test_hints_regressor_is_in_the_optimizer_and_changes_after_a_step():
         t_feats, t_logits = teacher.features_and_logits(x)
     objective = build_objective({"objective": "hints"}, student, teacher)
     assert tuple(objective.regressor.weight.shape) == (6, 8)  # student -> teacher
-    module = DistillModule(student, teacher_logits=t_logits, teacher_features=t_feats, objective=objective,
-                           alpha=0.5, lr=1e-2)
+    module = DistillModule(student, objective, CachedOutputs(t_logits, t_feats), alpha=0.5, lr=1e-2)
     assert "objective.regressor.weight" in module.state_dict()  # checkpointed, so resuming keeps it
     opt = module.configure_optimizers()
     in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
@@ -183,7 +182,7 @@ def test_objectives_without_features_keep_the_plain_student_step(name):
     torch.manual_seed(0)
     student = MLP(3, (1, 4, 4), (8,))
     x = torch.randn(6, 1, 4, 4)
-    module = DistillModule(student, teacher_logits=torch.randn(6, 3), objective=build_objective({"objective": name}, student))
+    module = DistillModule(student, build_objective({"objective": name}, student), CachedOutputs(torch.randn(6, 3)))
     student.features_and_logits = None  # a feature path would fail
     batch = {"x": x, "y": torch.randint(0, 3, (6,)), "idx": torch.arange(6)}
     with warnings.catch_warnings():
@@ -204,9 +203,8 @@ def test_cached_and_forward_teacher_outputs_give_the_same_loss(compose_tiny, tmp
     cached = teacher_cache(RunDir(tmp_path / "teacher"), teacher, data, features=True)
     assert cached.features.shape == (len(data.train), 12)
     obj = build_objective(objective, student, teacher)
-    from_cache = DistillModule(student, teacher_logits=cached.logits, teacher_features=cached.features,
-                               objective=obj, alpha=0.5)
-    from_forward = DistillModule(student, teacher=teacher, teacher_outputs="forward", objective=obj, alpha=0.5)
+    from_cache = DistillModule(student, obj, CachedOutputs(cached.logits, cached.features), alpha=0.5)
+    from_forward = DistillModule(student, obj, FrozenTeacher(teacher), alpha=0.5)
     batch = next(iter(data.train_dataloader()))
     a, b = from_cache.student_loss(batch), from_forward.student_loss(batch)
     assert a.item() > 0
@@ -236,31 +234,35 @@ def test_teacher_feature_cache_is_added_to_a_logits_cache_and_reused(compose_tin
 
 # -- config -------------------------------------------------------------------------------------------
 def test_objective_registry_and_config_validation(compose_tiny):
-    assert set(OBJECTIVES) == {"kd", "logits_mse", "hints", "relation", "seqkd"}
-    for name in ("cross", "logits_mse", "hints", "relation"):
-        config_mod.validate(compose_tiny(f"distill={name}"))
+    assert set(OBJECTIVES) == {"kd", "logits_mse", "hints", "relation", "seqkd", "hard"}
+    for name in ("kd", "logits_mse", "hints", "relation"):
+        for mode in ("self", "cross", "online"):
+            cfg = compose_tiny(f"distill={mode}", f"objective={name}")
+            config_mod.validate(cfg)
+            assert (cfg.distill.mode, cfg.distill.objective) == (mode, name)
     with pytest.raises(ConfigError, match="distill.objective") as err:
         config_mod.validate(compose_tiny("distill=cross", "distill.objective=fitnet"))
     assert "kd, logits_mse, hints, relation" in str(err.value)
     with pytest.raises(ConfigError, match=r"distill\.relation\.kind"):
-        config_mod.validate(compose_tiny("distill=relation", "distill.relation.kind=cka"))
+        config_mod.validate(compose_tiny("distill=cross", "objective=relation", "distill.relation.kind=cka"))
     with pytest.raises(ConfigError, match=r"distill\.alpha"):  # the head would never train
-        config_mod.validate(compose_tiny("distill=hints", "distill.alpha=1.0"))
-    config_mod.validate(compose_tiny("distill=hints", "distill.alpha=1.0", "distill.alpha_schedule=linear"))
+        config_mod.validate(compose_tiny("distill=cross", "objective=hints", "distill.alpha=1.0"))
+    config_mod.validate(compose_tiny("distill=cross", "objective=hints", "distill.alpha=1.0",
+                                     "distill.alpha_schedule=linear"))
     with pytest.raises(ConfigError, match=r"distill\.hints\.width"):
         check_config({"objective": "hints", "alpha": 0.5, "hints": {"width": 3}})
 
 
 # -- end to end ----------------------------------------------------------------------------------------
 def test_objective_grid_on_the_toy_task_writes_complete_run_dirs(compose_tiny):
-    """The sweep ``distill=cross,logits_mse,hints,relation``, plus self and online variants."""
+    """The sweep ``distill=cross objective=kd,logits_mse,hints,relation``, plus self and online variants."""
     grid = {
         ("cross", "kd"): ["distill=cross"],
-        ("cross", "logits_mse"): ["distill=logits_mse"],
-        ("cross", "hints"): ["distill=hints"],
-        ("cross", "relation"): ["distill=relation"],
-        ("self", "relation"): ["distill=relation", "distill.mode=self", "distill.relation.kind=rkd"],
-        ("online", "hints"): ["distill=online", "distill.objective=hints", "distill.alpha=0.5"],
+        ("cross", "logits_mse"): ["distill=cross", "objective=logits_mse"],
+        ("cross", "hints"): ["distill=cross", "objective=hints"],
+        ("cross", "relation"): ["distill=cross", "objective=relation"],
+        ("self", "relation"): ["distill=self", "objective=relation", "distill.relation.kind=rkd"],
+        ("online", "hints"): ["distill=online", "objective=hints"],
     }
     runs = {}
     for (mode, objective), overrides in grid.items():
@@ -303,7 +305,7 @@ def test_objective_grid_on_agreement_writes_complete_run_dirs(compose_tiny):
     """LSTM teacher -> Transformer student on subject-verb agreement (token sequences,
     different feature widths: 24 vs 16)."""
     for objective in ("logits_mse", "hints", "relation"):
-        run = train(compose_tiny(*SVA_TINY, f"distill={objective}"))
+        run = train(compose_tiny(*SVA_TINY, "distill=cross", f"objective={objective}"))
         for name in [*RUN_FILES, "outputs/attractors_1.npz"]:
             assert (run / name).exists(), (objective, name)
         meta = run.meta

@@ -135,7 +135,7 @@ def test_open_nodes_and_constructor_arguments_are_accepted(compose_tiny):
     check(compose_tiny("+task.data_seed=3"), {"task.data_seed": "+task.data_seed=3"})  # ToyImages(data_seed=...)
     check(compose_tiny("task=sva", "+task.grammar.n_valid=40"), {"task.grammar.n_valid": "+..."})  # grammar: checked when built
     check(compose_tiny("task=sva", "+task.extra_eval.mine=x.txt"), {"task.extra_eval.mine": "+..."})
-    check(compose_tiny("distill=relation", "++distill.relation.kind=rkd"), {"distill.relation.kind": "++..."})
+    check(compose_tiny("distill=cross", "objective=relation", "++distill.relation.kind=rkd"), {"distill.relation.kind": "++..."})
     with pytest.raises(ConfigError, match=r"'model.dropout_extra' is not an argument of biaskd.models.vision.MLP"):
         check(cfg, {"model.dropout_extra": "+model.dropout_extra=0.1"})
     # a model class of the user's own that takes **kwargs takes any key

@@ -21,7 +21,7 @@ from biaskd.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
 from biaskd.errors import ConfigError
 from biaskd.models.sequence import LSTMEncoder
-from biaskd.modules.lm import LMModule, check_lm_config, mixture_nll, shift
+from biaskd.modules.lm import LMModule, mixture_nll, shift
 from biaskd.modules.seqkd import (
     beam_search,
     cache_path,
@@ -37,6 +37,7 @@ from biaskd.modules.seqkd import (
 )
 from biaskd.objectives import OBJECTIVES, check_config, objective_options
 from biaskd.run_record import run_name
+from biaskd.recipes import check_lm_config
 
 # modules are called directly here, without a Trainer to log to
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -413,47 +414,49 @@ from tiny import TINY_LM  # noqa: E402  (the tiny LM task and models)
 
 def test_seqkd_config_validates_in_the_lm_setup_only(compose_tiny, tmp_path):
     assert "seqkd" in OBJECTIVES
-    cfg = compose_tiny(*TINY_LM, "distill=seqkd")
+    cfg = compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd")
     config_mod.validate(cfg)
     check_lm_config(cfg)
     assert is_sequence_level(cfg.distill) and not is_sequence_level(compose_tiny(*TINY_LM, "distill=cross").distill)
     assert objective_options(cfg.distill) == {"beam_width": 5, "prompt": "verb", "prompt_tokens": 2, "verb": "candidates",
                                                 "mix": "teacher"}
     assert cfg.distill.mode == "cross" and cfg.distill.alpha == 1.0
-    assert "-cross-seqkd-from-lstm-" in run_name(cfg, "abc")
-    config_mod.validate(compose_tiny(*TINY_LM, "distill=seqkd", "distill.seqkd.mix=interpolate",
-                                     "distill.seqkd.prompt=tokens", "distill.alpha=0.5", "distill.mode=self"))
+    assert "-cross-seqkd-from-lstm-" in run_name(cfg, "abc", "lm")
+    config_mod.validate(compose_tiny(*TINY_LM, "distill=self", "objective=seqkd", "distill.seqkd.mix=interpolate",
+                                     "distill.seqkd.prompt=tokens", "distill.alpha=0.5"))
     # the classification setup: one clear ConfigError, before any (teacher) training
-    for overrides in (["distill=seqkd"], [*TINY_LM, "distill=seqkd", "task.setup=classification"]):
+    for overrides in (["distill=cross", "objective=seqkd"],
+                      [*TINY_LM, "distill=cross", "objective=seqkd", "task.setup=classification"]):
         with pytest.raises(ConfigError, match=r"seqkd.*task\.setup=lm"):
             config_mod.validate(compose_tiny(*overrides))
     with pytest.raises(ConfigError, match="task.setup=lm"):
-        biaskd.train.train(compose_tiny("distill=seqkd"))
+        biaskd.train.train(compose_tiny("distill=cross", "objective=seqkd"))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("COMPLETE"))
     # options are checked and named
     for bad, key in (("distill.seqkd.beam_width=0", "beam_width"), ("distill.seqkd.prompt=subject", "prompt"),
                      ("distill.seqkd.mix=union", "mix"),
                      ("distill.seqkd.verb=any", "verb"), ("distill.seqkd.prompt_tokens=1.5", "prompt_tokens")):
         with pytest.raises(ConfigError, match=rf"distill\.seqkd\.{key}"):
-            config_mod.validate(compose_tiny(*TINY_LM, "distill=seqkd", bad))
+            config_mod.validate(compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", bad))
     with pytest.raises(ConfigError, match=r"beam_width.*interpolate"):
-        config_mod.validate(compose_tiny(*TINY_LM, "distill=seqkd", "distill.seqkd.mix=interpolate",
+        config_mod.validate(compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", "distill.seqkd.mix=interpolate",
                                          "distill.seqkd.beam_width=1"))
     with pytest.raises(ConfigError, match=r"distill\.seqkd\.width"):
         check_config({"objective": "seqkd", "seqkd": {"width": 3}})
     # online: there is no trained teacher to generate from
     with pytest.raises(ConfigError, match="mode=online"):
-        check_lm_config(compose_tiny(*TINY_LM, "distill=online", "distill.objective=seqkd"))
-    # the LM experiment's grid takes it as one more distill value (biaskd -m experiment=sva_lm_main distill=...,seqkd)
+        check_lm_config(compose_tiny(*TINY_LM, "distill=online", "objective=seqkd"))
+    # the LM experiment's grid takes it as one more objective (biaskd -m experiment=sva_lm_main objective=kd,seqkd)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        grid = compose("config", overrides=["experiment=sva_lm_main", "distill=seqkd", f"runs_dir={tmp_path}"])
+        grid = compose("config", overrides=["experiment=sva_lm_main", "distill=cross", "objective=seqkd",
+                                            f"runs_dir={tmp_path}"])
     config_mod.validate(grid)
     assert grid.task.setup == "lm" and grid.distill.objective == "seqkd"
 
 
 def test_sequence_level_module_trains_the_student_without_a_teacher(compose_tiny):
-    cfg = compose_tiny(*TINY_LM, "distill=seqkd", "distill.alpha=0.25")
+    cfg = compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", "distill.alpha=0.25")
     data = build_data(cfg)
     teacher, student = lm(5, data.vocab_size), lm(6, data.vocab_size)
     with pytest.raises(ValueError, match="not a sequence-level KD split"):
@@ -461,7 +464,7 @@ def test_sequence_level_module_trains_the_student_without_a_teacher(compose_tiny
     fit = sequence_level_split(OmegaConf.to_container(cfg.distill, resolve=True), data.train, teacher)
     assert len(fit) == 2 * len(data.train)
     module = sequence_level_module(cfg, student, data, fit)
-    assert module.teacher_outputs is None and module.alpha == 0.25
+    assert module.frozen is None and not module.online and module.alpha == 0.25
     assert not any(k.startswith("teacher") for k in module.state_dict())
     batch = {"x": fit.x[:4], "y": fit.y[:4], "idx": torch.arange(4)}  # teacher rows only: weight 2 * .25
     inputs, targets, mask = shift(batch["x"])
@@ -472,7 +475,7 @@ def test_sequence_level_module_trains_the_student_without_a_teacher(compose_tiny
     with pytest.raises(ValueError, match="alpha"):
         sequence_level_module(cfg, student, data, pure)
     # alpha = 1: plain next-token CE on the teacher's sentences
-    cfg1 = compose_tiny(*TINY_LM, "distill=seqkd")
+    cfg1 = compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd")
     plain = sequence_level_module(cfg1, student, data, pure)
     assert plain._sources is None and plain.loss_step(batch, 0).item() == pytest.approx(ce.item(), rel=1e-5)
 
@@ -480,8 +483,8 @@ def test_sequence_level_module_trains_the_student_without_a_teacher(compose_tiny
 # -- end to end -------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_seqkd_lm_run_end_to_end(compose_tiny):
-    """LSTM teacher -> causal Transformer student with distill=seqkd through biaskd.train.train."""
-    cfg = compose_tiny(*TINY_LM, "distill=seqkd", "distill.seqkd.beam_width=2")
+    """LSTM teacher -> causal Transformer student with objective=seqkd through biaskd.train.train."""
+    cfg = compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", "distill.seqkd.beam_width=2")
     run = biaskd.train.train(cfg)
     meta = run.meta
     assert meta["setup"] == "lm" and meta["objective"] == "seqkd" and meta["teacher_model"] == "lstm"
@@ -495,7 +498,7 @@ def test_seqkd_lm_run_end_to_end(compose_tiny):
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     # a Seq-Inter student of the same teacher reads the same generated sequences
-    inter = biaskd.train.train(compose_tiny(*TINY_LM, "distill=seqkd", "distill.seqkd.beam_width=2",
+    inter = biaskd.train.train(compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", "distill.seqkd.beam_width=2",
                                             "distill.seqkd.mix=interpolate"))
     assert inter.path != run.path and RunDir(inter.path).is_complete
     assert sorted((run.teacher_dir / "teacher_cache").glob("seqkd-*.npz")) == cached

@@ -25,7 +25,7 @@ PACKAGES = ("biaskd", "analysis")
 ANALYSIS_MAY_IMPORT = {
     "biaskd", "biaskd.errors", "biaskd.schema", "biaskd.artifacts", "biaskd.metrics", "biaskd.measures",
     "biaskd.sweep", "biaskd.rebuild", "biaskd.data.ood", "biaskd.extras", "biaskd.wandb_logging", "biaskd.search",
-    "biaskd.scenario",
+    "biaskd.scenario", "biaskd.modes",
 }
 
 

@@ -70,7 +70,7 @@ def test_hard_labels_hand_computed():
 
 def test_a_vit_learns_from_a_cnn_teachers_hard_labels(compose_tiny):
     run = train(compose_tiny("model=vit", "model.patch=4", "model.dim=32", "model.heads=2", "distill=cross",
-                             "model@teacher.model=cnn_small", "distill.objective=hard", "trainer.max_epochs=10",
+                             "model@teacher.model=cnn_small", "objective=hard", "trainer.max_epochs=10",
                              "train.lr=3e-3"))
     assert run.is_complete and run.meta["model"] == "vit" and run.meta["objective"] == "hard"
     assert run.meta["objective_options"] == {}  # no temperature: the transfer map leaves it empty

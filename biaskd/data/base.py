@@ -13,6 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+
+def setup_of(data) -> str:
+    """The setup a task's data is in: ``lm`` or ``classification`` (task data that declares no
+    ``setup_kind``). The one place that asks."""
+    return getattr(data, "setup_kind", None) or "classification"
+
+
+def is_lm(data) -> bool:
+    """Whether a task's data is in the LM setup (``task.setup=lm``)."""
+    return setup_of(data) == "lm"
+
 PAD_ID = 0
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from biaskd.data.base import Split, concat_splits, content_hashes
 from biaskd.errors import ConfigError
 from biaskd.losses import UNLABELLED
+from biaskd.modes import mode_of
 
 #: source -> its own options and their defaults (None: taken from the task)
 SOURCE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -91,7 +92,7 @@ def spec_of(cfg: Mapping) -> TransferSpec:
 def check(cfg: Mapping) -> None:
     """Config-time checks of the ``transfer`` node against the run's distillation mode."""
     spec = spec_of(cfg)
-    distilled = cfg["distill"]["mode"] != "none"
+    distilled = mode_of(cfg).distilled
     if not spec.is_train and not distilled and spec.labels == "teacher":
         raise ConfigError("config key 'transfer.labels': a run without a teacher cannot learn from unlabelled "
                           "transfer inputs; use labels=gold (the control) or auto")

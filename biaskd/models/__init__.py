@@ -13,6 +13,7 @@ import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from biaskd.data.base import is_lm
 from biaskd.errors import ConfigError
 
 
@@ -43,7 +44,7 @@ def check_model(cfg: DictConfig | dict, data: Any) -> tuple[type, dict]:
         raise ConfigError(
             f"model {name!r} ({target}) takes {kind!r} inputs but task {data.task!r} gives {data.input_kind!r}"
         )
-    if getattr(data, "setup_kind", None) == "lm" and not (hasattr(cls, "lm_logits") and _causal(cls, spec)):
+    if is_lm(data) and not (hasattr(cls, "lm_logits") and _causal(cls, spec)):
         raise ConfigError(
             f"model {name!r} ({target}) cannot be a language model (task.setup=lm needs a causal model: "
             f"lstm, transformer_seq, universal_transformer_seq, or causal=true)"
@@ -60,7 +61,7 @@ def build_model(cfg: DictConfig | dict, data: Any) -> nn.Module:
     cls, spec = check_model(cfg, data)
     name = cfg.get("name")
     extra: dict[str, Any] = {"num_classes": data.num_classes}
-    if getattr(data, "setup_kind", None) == "lm":
+    if is_lm(data):
         extra = {"num_classes": 0, "lm_head": True}
     if data.input_kind == "image":
         extra["in_shape"] = tuple(data.train.x.shape[1:])

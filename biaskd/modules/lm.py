@@ -16,19 +16,10 @@ from biaskd.data.base import PAD_ID, Split
 from biaskd.errors import ConfigError
 from biaskd.losses import cross_entropy
 from biaskd.modules.classifier import ClassifierModule
-from biaskd.modules.distill import TeacherMixin
+from biaskd.modules.distill import FrozenTeacher, Schedule
 from biaskd.objectives import Objective, Outputs, build_objective
-from biaskd.objectives.kd import SoftTargets
 
 log = logging.getLogger("biaskd")
-
-LM_TEACHER_OUTPUTS = ("forward", "online")
-
-
-def is_lm(data) -> bool:
-    """Whether the task's data is in the LM setup."""
-    return getattr(data, "setup_kind", None) == "lm"
-
 
 def shift(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, mask) of next-token prediction on right-padded ids ``x``."""
@@ -139,14 +130,13 @@ def lm_scores(model: nn.Module, split: Split, batch_size: int = 1024) -> LMScore
 
 
 # -- the Lightning module ----------------------------------------------------------------------------
-class LMModule(TeacherMixin, ClassifierModule):
-    """Next-token training of ``model`` alone (``teacher=None``) or as a word-level-KD student.
-
-    ``teacher_outputs``: ``forward`` (frozen teacher, hidden from the state dict, run on each
-    batch) or ``online`` (the teacher learns the LM objective alongside and the student learns
-    from its detached outputs). ``objective`` is the distillation objective at every non-pad
-    position (default: soft targets at ``temperature`` with ``t_squared``, which only build it). ``valid_verbs`` (the valid split's :class:`VerbTargets`) adds
-    ``valid/accuracy``, the agreement accuracy, to the validation log.
+class LMModule(Schedule, ClassifierModule):
+    """Next-token training of ``model`` alone (no teacher) or as a word-level-KD student of
+    ``teacher``: a :class:`~biaskd.modules.distill.FrozenTeacher` (run on each batch), or a model
+    trained alongside (``online=True``: it learns the LM objective and the student learns from its
+    detached outputs). ``objective`` is the distillation objective at every non-pad position.
+    ``valid_verbs`` (the valid split's :class:`VerbTargets`) adds ``valid/accuracy``, the agreement
+    accuracy, to the validation log.
 
     ``sources`` and ``shares`` (no teacher; sequence-level KD on a split of teacher and gold
     sentences): per training row, 1 = teacher sequence, 0 = gold sentence, and the row's share of
@@ -157,11 +147,9 @@ class LMModule(TeacherMixin, ClassifierModule):
     def __init__(
         self,
         model: nn.Module,
-        teacher: nn.Module | None = None,
-        teacher_outputs: str = "forward",
+        teacher: FrozenTeacher | nn.Module | None = None,
+        online: bool = False,
         alpha: float = 1.0,
-        temperature: float = 1.0,
-        t_squared: bool = True,
         alpha_schedule: str = "constant",
         final_alpha: float = 0.0,
         valid_verbs: VerbTargets | None = None,
@@ -171,14 +159,20 @@ class LMModule(TeacherMixin, ClassifierModule):
         **optim,
     ) -> None:
         super().__init__(model, **optim)
-        if teacher is not None and teacher_outputs not in LM_TEACHER_OUTPUTS:
-            raise ConfigError(f"LM distillation: teacher_outputs must be one of {LM_TEACHER_OUTPUTS}, got {teacher_outputs!r}")
         if teacher is not None and sources is not None:
             raise ValueError("sources (sequence-level KD) and a teacher (word-level KD) exclude each other")
-        self.teacher_outputs = teacher_outputs if teacher is not None else None
-        self.init_teacher(teacher, self.teacher_outputs)
+        if teacher is not None and objective is None:
+            raise ValueError("word-level KD needs an objective")
+        if online != (teacher is not None and not isinstance(teacher, FrozenTeacher)):
+            raise ValueError("an online teacher is a model trained alongside; any other is a FrozenTeacher")
+        self.online = online
+        if online:
+            self.teacher = teacher  # trained: part of state and optimizer
+        else:
+            self.frozen = teacher
         self.init_schedule(alpha, alpha_schedule, final_alpha)
-        self.objective = objective if objective is not None else SoftTargets(temperature, t_squared)
+        if objective is not None:
+            self.objective = objective
         self.valid_verbs = valid_verbs
         # lookup tables by training-row index, like cached teacher logits: not module state
         self._sources = torch.as_tensor(sources, dtype=torch.long) if sources is not None else None
@@ -194,7 +188,7 @@ class LMModule(TeacherMixin, ClassifierModule):
         return self.objective(Outputs(logits), Outputs(teacher_logits), targets, self.current_alpha(), mask=mask)
 
     def frozen_teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        teacher = self._frozen(inputs)
+        teacher = self.frozen.model_on(inputs)
         with torch.no_grad():
             return teacher.lm_logits(inputs)
 
@@ -202,22 +196,22 @@ class LMModule(TeacherMixin, ClassifierModule):
         inputs, targets, mask = shift(batch["x"])
         logits = self.model.lm_logits(inputs)
         n = int(mask.sum())
-        if self.teacher_outputs is None and self._sources is not None:
+        if self._sources is not None:
             idx = batch["idx"]
             if self._sources.device != idx.device:
                 self._sources, self._shares = self._sources.to(idx.device), self._shares.to(idx.device)
             loss = mixture_nll(logits, targets, mask, self._sources[idx], self.current_alpha(), self._shares[idx])
-        elif self.teacher_outputs is None:
-            loss = cross_entropy(logits, targets, mask)
-        elif self.teacher_outputs == "forward":
-            loss = self.distill_loss(logits, self.frozen_teacher_logits(inputs), targets, mask)
-        else:
+        elif self.online:
             t_logits = self.teacher.lm_logits(inputs)
             teacher_loss = cross_entropy(t_logits, targets, mask)
             loss = self.distill_loss(logits, t_logits.detach(), targets, mask)
             self.log_train("train/teacher_loss", teacher_loss, batch_size=n)
             self.log_train("train/loss", loss, prog_bar=True, batch_size=n)
             return loss + teacher_loss
+        elif self.frozen is not None:
+            loss = self.distill_loss(logits, self.frozen_teacher_logits(inputs), targets, mask)
+        else:
+            loss = cross_entropy(logits, targets, mask)
         self.log_train("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
@@ -234,7 +228,7 @@ class LMModule(TeacherMixin, ClassifierModule):
             self.log("valid/accuracy", acc, batch_size=len(x), prog_bar=True)
 
     def trainable_parameters(self):
-        if self.teacher_outputs == "online":
+        if self.online:
             return list(self.model.parameters()) + list(self.teacher.parameters())
         return self.model.parameters()
 
@@ -256,34 +250,20 @@ def mixture_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
     return (token_nll.masked_fill(~mask, 0.0) * weights[:, None]).sum() / tokens.clamp_min(1e-12)
 
 
-def check_lm_config(cfg) -> None:
-    """Raise ConfigError for what the LM setup cannot run (checked before any training)."""
-    objective = cfg.distill.get("objective") or "kd"
-    if cfg.distill.mode == "none":
-        return
-    if objective not in ("kd", "seqkd"):
-        raise ConfigError(f"distill.objective={objective!r}: the LM setup supports word-level KD (objective=kd) "
-                          f"and sequence-level KD (objective=seqkd) only")
-    if objective == "seqkd" and cfg.distill.mode == "online":
-        raise ConfigError("distill.objective=seqkd with distill.mode=online: sequence-level KD trains on sentences a "
-                          "trained teacher generates before the student starts; use distill.mode=cross or self")
-
-
-def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, **optim) -> LMModule:
-    """The :class:`LMModule` of an independent (``teacher=None``) or word-level-KD run
-    (``distill.mode`` self/cross/online). Sequence-level KD: :func:`biaskd.modules.seqkd.sequence_level_module`."""
+def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, online: bool = False, **optim) -> LMModule:
+    """The :class:`LMModule` of an independent (``teacher=None``) or word-level-KD run (a trained
+    teacher, or one trained alongside: ``online``). Sequence-level KD:
+    :func:`biaskd.modules.seqkd.sequence_level_module`."""
     valid_verbs = VerbTargets.of(data.valid)
     if teacher is None:
         return LMModule(model, valid_verbs=valid_verbs, **optim)
-    teacher_outputs = cfg.distill.teacher_outputs
-    if teacher_outputs == "cached":
+    if not online and cfg.distill.teacher_outputs == "cached":
         log.info("LM setup: per-token teacher logits are not cached (n x L x vocab); "
                  "running the frozen teacher on each batch instead (teacher_outputs=forward)")
-        teacher_outputs = "forward"
     return LMModule(
         model,
-        teacher=teacher,
-        teacher_outputs=teacher_outputs,
+        teacher=teacher if online else FrozenTeacher(teacher),
+        online=online,
         objective=build_objective(cfg.distill, model, teacher),
         alpha=float(cfg.distill.alpha),
         alpha_schedule=cfg.distill.alpha_schedule,

@@ -1,4 +1,4 @@
-"""Sequence-level knowledge distillation for the LM setup (Kim & Rush 2016; ``distill=seqkd``):
+"""Sequence-level knowledge distillation for the LM setup (Kim & Rush 2016; ``objective=seqkd``):
 the student trains with next-token cross-entropy on sentences its teacher generates (beam
 search from a prompt of each training sentence), built once and cached in the teacher's run dir.
 Prompt, verb, decoding, Seq-KD vs Seq-Inter, the α mix and the cache: ``docs/sequence-level-kd.md``.
@@ -34,7 +34,7 @@ CACHE_VERSION = 1
 
 def is_sequence_level(distill: Mapping[str, Any]) -> bool:
     """Whether the objective ``distill`` names trains on teacher-generated sequences."""
-    return distill.get("mode", "none") != "none" and bool(getattr(objective_class(distill), "sequence_level", False))
+    return bool(getattr(objective_class(distill), "sequence_level", False))
 
 
 def uses_gold(distill: Mapping[str, Any]) -> bool:

@@ -28,7 +28,7 @@ OUTPUT_OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftT
 OBJECTIVES: dict[str, type] = {**OUTPUT_OBJECTIVES, SequenceLevelKD.name: SequenceLevelKD}
 
 __all__ = ["OBJECTIVES", "OUTPUT_OBJECTIVES", "Objective", "Outputs", "build_objective", "check_config",
-           "features_and_logits", "mix", "objective_class", "objective_options"]
+           "features_and_logits", "identity_options", "mix", "objective_class", "objective_options"]
 
 
 def objective_class(distill: Mapping[str, Any]) -> type:
@@ -106,6 +106,21 @@ def build_objective(distill: Mapping[str, Any], student: nn.Module, teacher: nn.
     return cls.from_config(
         distill, getattr(student, "feature_dim", None), getattr(teacher, "feature_dim", None) if teacher else None
     )
+
+
+#: keys every objective's config holds (conf/objective/), read only by objectives that
+#: ``reads_temperature``, with the values conf/objective/ gives them
+SOFT_TARGET_KEYS = ("temperature", "t_squared")
+
+
+def identity_options(distill: dict, task: Mapping[str, Any]) -> dict:
+    """``distill`` (a resolved config node) as a distilled run's identity holds it: the soft-target
+    keys at their defaults (temperature: the task's ``kd.temperature``) for an objective that does
+    not read them, so that a sweep over them trains one run, named as such runs always were."""
+    if objective_class(distill).reads_temperature:
+        return distill
+    defaults = {"temperature": (task.get("kd") or {}).get("temperature"), "t_squared": True}
+    return {**distill, **{k: defaults[k] for k in SOFT_TARGET_KEYS if k in distill}}
 
 
 def objective_options(distill: Mapping[str, Any]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def check_options(name: str, known: Mapping[str, tuple | None], options: Mapping
 class Objective(nn.Module):
     """A distillation objective: ``loss = α·term(student, teacher) + (1−α)·CE``.
 
-    Subclasses set ``name`` (the config value of ``distill.objective``), ``needs_features``
+    Subclasses set ``name`` (the config value of ``distill.objective``), ``reads_temperature``, ``needs_features``
     (whether ``term`` reads ``features``; if not, the student's step is a plain forward and the
     teacher cache holds logits only) and ``trains_logits`` (whether ``term`` reaches the
     classifier head; if not, α = 1 would leave the head untrained). Objectives are modules so
@@ -69,6 +69,10 @@ class Objective(nn.Module):
     trains_logits: ClassVar[bool] = True
     #: option name -> allowed values (None: any) under ``distill.<name>``
     options: ClassVar[dict[str, tuple | None]] = {}
+    #: whether it reads the soft-target keys ``distill.temperature`` / ``distill.t_squared``
+    #: (every objective's config holds them); if not, they are not part of the run's identity.
+    #: True unless an objective says otherwise: an objective of one's own may read them.
+    reads_temperature: ClassVar[bool] = True
 
     def term(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         raise NotImplementedError

@@ -14,6 +14,7 @@ class HardLabels(Objective):
     DeiT mixes it half and half with the labels (α = 0.5); at α = 1 the student never sees them."""
 
     name = "hard"
+    reads_temperature = False
 
     def term(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         return cross_entropy(student.logits, teacher.logits.argmax(dim=-1))

@@ -22,6 +22,7 @@ class Hints(Objective):
     """
 
     name = "hints"
+    reads_temperature = False
     needs_features = True
     trains_logits = False
 

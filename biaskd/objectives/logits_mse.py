@@ -12,6 +12,7 @@ class LogitsMSE(Objective):
     classes; equal to 2 × the T → ∞ limit of ``T²·KL`` for zero-mean logits."""
 
     name = "logits_mse"
+    reads_temperature = False
 
     def term(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         s, t = student.logits.float(), teacher.logits.float()

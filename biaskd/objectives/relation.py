@@ -33,6 +33,7 @@ class Relation(Objective):
     """
 
     name = "relation"
+    reads_temperature = False
     needs_features = True
     trains_logits = False
     options = {"kind": KINDS}

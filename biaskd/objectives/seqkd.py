@@ -42,6 +42,7 @@ class SequenceLevelKD:
     lm_only: ClassVar[bool] = True
     needs_features: ClassVar[bool] = False
     trains_logits: ClassVar[bool] = True
+    reads_temperature: ClassVar[bool] = False
     options: ClassVar[dict[str, tuple | None]] = {"beam_width": None, "prompt": PROMPTS, "prompt_tokens": None,
                                                   "verb": VERBS, "mix": MIXES}
     defaults: ClassVar[dict[str, Any]] = {"beam_width": 5, "prompt": "verb", "prompt_tokens": 2,
@@ -70,4 +71,4 @@ class SequenceLevelKD:
 def not_lm_message(setup: str = "classification") -> str:
     return (f"distill.objective=seqkd is sequence-level KD (Kim & Rush 2016): the student trains on sentences "
             f"the teacher generates, which needs the LM setup (task.setup=lm) with causal models; got "
-            f"task setup {setup!r}. For classification use an output objective such as distill=cross.")
+            f"task setup {setup!r}. For classification use an output objective such as objective=kd.")
