@@ -314,6 +314,28 @@ def _refuse_a_sweep_without_m() -> None:
                           f"{' '.join(task)}), or set {', '.join(unset)} on the command line for one of its runs")
 
 
+def threads_per_job(threads: int, n_jobs: int | None, cores: int) -> int:
+    """Torch threads for one job: ``threads`` if set (> 0); with ``threads=0`` ("all cores") and a
+    launcher running ``n_jobs`` jobs at once (joblib's -1: one per core), the cores shared among
+    them, so that parallel jobs do not oversubscribe the machine; else 0 (all cores)."""
+    if threads > 0 or n_jobs is None or n_jobs == 1:
+        return threads
+    return max(1, cores // (cores if n_jobs < 0 else n_jobs))
+
+
+def _share_the_cores(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    n_jobs = OmegaConf.select(hc, "launcher.n_jobs") if hc.mode == RunMode.MULTIRUN else None
+    threads = threads_per_job(int(cfg.get("threads") or 0), n_jobs, os.cpu_count() or 1)
+    if threads != int(cfg.get("threads") or 0):
+        cfg.threads = threads  # not part of a run's identity
+        log.info(f"threads={threads}: {n_jobs} parallel jobs share {os.cpu_count()} cores")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig):
     _state["started"] = True
@@ -321,6 +343,7 @@ def _app(cfg: DictConfig):
         from biaskd.config import check, check_added_keys
 
         _refuse_a_sweep_without_m()
+        _share_the_cores(cfg)
         check_added_keys(cfg, _added_keys(cfg))  # a key the command line added that nothing reads
         check(cfg)  # a bad config speaks before the training stack is imported
         from biaskd.train import train

@@ -132,3 +132,25 @@ def test_analysis_commands_end_in_one_line_on_a_folder_without_runs(tmp_path, ca
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: ArtifactError: report folder {tmp_path / 'nothere'} does not exist (write one with python -m "
         f"analysis.report RUNS --out {tmp_path / 'nothere'})"]
+
+
+def test_parallel_jobs_share_the_cores_instead_of_each_taking_all():
+    from biaskd.cli import threads_per_job
+
+    assert threads_per_job(0, 2, 8) == 4 and threads_per_job(0, 3, 8) == 2 and threads_per_job(0, 4, 2) == 1
+    assert threads_per_job(0, -1, 8) == 1  # joblib's n_jobs=-1: a job per core
+    assert threads_per_job(3, 2, 8) == 3  # set by the user: kept
+    assert threads_per_job(0, None, 8) == 0 and threads_per_job(0, 1, 8) == 0  # one job at a time: all cores
+
+
+def test_a_parallel_sweep_with_threads_0_runs_each_job_on_its_share(tmp_path):
+    import json
+
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "biaskd.cli", "-m", *[o for o in TINY if not o.startswith("threads")],
+                        "threads=0", "seed=1,2", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                        "runs_dir=runs"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    metas = [json.loads(m.read_text()) for m in (tmp_path / "runs").rglob("meta.json") if "teachers" not in str(m)]
+    assert len(metas) == 2
+    assert {m["machine"]["threads"] for m in metas} == {str(max(1, (os.cpu_count() or 1) // 2))}
