@@ -171,7 +171,7 @@ def test_run_trainer_has_the_configured_bar_only_when_the_bar_is_enabled(tmp_pat
     callbacks = configured_callbacks(compose_tiny())  # conf/callbacks/default.yaml
     on = make_trainer({**tcfg, "enable_progress_bar": True}, RunDir(tmp_path / "a"), False, probe, [], callbacks)
     off = make_trainer({**tcfg, "enable_progress_bar": False}, RunDir(tmp_path / "b"), False, probe, [], callbacks)
-    assert type(on.progress_bar_callback) is TQDMProgressBar and on.progress_bar_callback.refresh_rate == 20
+    assert isinstance(on.progress_bar_callback, TQDMProgressBar) and on.progress_bar_callback.refresh_rate == 20
     assert off.progress_bar_callback is None
     assert not any(isinstance(cb, ProgressBar) for cb in off.callbacks)
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_callbacks_come_from_the_config_group(compose_tiny):
     (bar,) = configured_callbacks(compose_tiny())
-    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 20
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 20
     extra = configured_callbacks(compose_tiny(
         "+callbacks/early_stopping=valid_loss",
         "+callbacks.lr_monitor._target_=lightning.pytorch.callbacks.LearningRateMonitor",
@@ -154,3 +154,10 @@ def test_a_parallel_sweep_with_threads_0_runs_each_job_on_its_share(tmp_path):
     metas = [json.loads(m.read_text()) for m in (tmp_path / "runs").rglob("meta.json") if "teachers" not in str(m)]
     assert len(metas) == 2
     assert {m["machine"]["threads"] for m in metas} == {str(max(1, (os.cpu_count() or 1) // 2))}
+
+
+def test_the_epoch_bar_says_how_many_epochs_the_run_has(compose_tiny, capsys):
+    train(compose_tiny("trainer.max_epochs=3", "trainer.enable_progress_bar=true"))
+    captured = capsys.readouterr()
+    bar = captured.out + captured.err  # Lightning's bar writes to stdout
+    assert "Epoch 1/3" in bar and "Epoch 2/3" in bar and bar.rstrip().rsplit("\r", 1)[-1].startswith("Epoch 3/3")

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -194,3 +195,13 @@ class LogInCheckpoint(L.Callback):
             if isinstance(logger, RunLogger):
                 logger.save()  # rows logged but not yet saved, if any
                 checkpoint[schema.CHECKPOINT_LOG] = logger.experiment.text
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, whose epoch line says how many epochs the run has: ``Epoch 3/100``
+    (counted from 1) where Lightning writes ``Epoch 2``."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{total}")
