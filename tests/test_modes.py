@@ -75,7 +75,7 @@ def test_temperature_is_in_the_identity_only_of_objectives_that_read_it(compose_
         return {_name(compose_tiny(*overrides, f"distill.temperature={t}", "distill.t_squared=false"))
                 for t in (1, 5)}
 
-    for ignoring in ("hints", "relation", "logits_mse", "hard"):
+    for ignoring in ("hints", "relation", "logits_mse", "hard"):  # token: only with a ViT student (tests/test_vit.py)
         (name,) = names("distill=cross", f"objective={ignoring}")  # a T sweep: one run
         assert name == _name(compose_tiny("distill=cross", f"objective={ignoring}"))  # the default T's
     assert len(names("distill=cross", "objective=kd")) == 2

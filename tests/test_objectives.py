@@ -234,7 +234,7 @@ def test_teacher_feature_cache_is_added_to_a_logits_cache_and_reused(compose_tin
 
 # -- config -------------------------------------------------------------------------------------------
 def test_objective_registry_and_config_validation(compose_tiny):
-    assert set(OBJECTIVES) == {"kd", "logits_mse", "hints", "relation", "seqkd", "hard"}
+    assert set(OBJECTIVES) == {"kd", "logits_mse", "hints", "relation", "seqkd", "hard", "token"}
     for name in ("kd", "logits_mse", "hints", "relation"):
         for mode in ("self", "cross", "online"):
             cfg = compose_tiny(f"distill={mode}", f"objective={name}")

@@ -75,3 +75,51 @@ def test_a_vit_learns_from_a_cnn_teachers_hard_labels(compose_tiny):
     assert run.is_complete and run.meta["model"] == "vit" and run.meta["objective"] == "hard"
     assert run.meta["objective_options"] == {}  # no temperature: the transfer map leaves it empty
     assert run.metrics["splits"]["test"]["accuracy"] > 0.6  # 4 classes, chance 0.25; measured 0.81
+
+
+def test_distillation_token_heads_and_deits_inference():
+    torch.manual_seed(0)
+    model = ViT(patch=7, dim=32, depth=1, heads=2, mlp_dim=32, distill_token=True).eval()
+    x = torch.rand(3, 1, 28, 28)
+    cls_logits, distill_logits = model.heads(x)
+    assert cls_logits.shape == distill_logits.shape == (3, 10)
+    assert (cls_logits - distill_logits).abs().max() > 1e-4  # two heads on two tokens
+    torch.testing.assert_close(model(x), (cls_logits + distill_logits) / 2)  # DeiT predicts with their mean
+    torch.testing.assert_close(model.features(x), model.tokens(x)[:, 0])
+    assert model.pos_embed.shape == (1, 2 + 16, 32)
+    with pytest.raises(ValueError, match="needs a distillation token"):
+        ViT(patch=7, dim=32, depth=1, heads=2, mlp_dim=32).heads(x)
+
+
+def test_token_objective_hand_computed():
+    # class head softmax (1, 3, 1)/5 and (2, 1, 1)/4; distillation head (1, 1, 2)/4 and (1, 1, 1)/3
+    cls_logits = torch.tensor([[0.0, math.log(3.0), 0.0], [math.log(2.0), 0.0, 0.0]])
+    distill_logits = torch.tensor([[0.0, 0.0, math.log(2.0)], [0.0, 0.0, 0.0]])
+    teacher = Outputs(torch.tensor([[0.0, 0.0, 9.0], [0.0, 4.0, 1.0]]))  # top classes 2 and 1
+    y = torch.tensor([1, 0])
+    term = (math.log(2.0) + math.log(3.0)) / 2  # CE of the distillation head on the teacher's classes
+    ce = (math.log(5 / 3) + math.log(2.0)) / 2  # CE of the class head on the labels
+    token = OBJECTIVES["token"]()
+    loss = token(Outputs(cls_logits, None, distill_logits), teacher, y, alpha=0.5)
+    assert loss.item() == pytest.approx(0.5 * term + 0.5 * ce, abs=1e-6)
+
+
+def test_the_token_objective_needs_a_student_with_heads_and_labels(compose_tiny):
+    from biaskd.config import check
+    from biaskd.errors import ConfigError
+    from biaskd.models.vision import MLP
+    from biaskd.objectives import build_objective
+
+    with pytest.raises(ConfigError, match="has no heads"):
+        build_objective({"objective": "token", "alpha": 0.5}, MLP(num_classes=4, in_shape=(1, 8, 8)))
+    with pytest.raises(ConfigError, match="'distill.alpha' must be < 1 for objective 'token'"):
+        check(compose_tiny("model=vit", "model.patch=4", "model.distill_token=true", "distill=cross",
+                           "objective=token", "distill.alpha=1.0"))
+
+
+def test_a_vit_with_a_distillation_token_learns_from_a_cnn(compose_tiny):
+    run = train(compose_tiny("model=vit", "model.patch=4", "model.dim=32", "model.heads=2", "model.distill_token=true",
+                             "distill=cross", "model@teacher.model=cnn_small", "objective=token",
+                             "trainer.max_epochs=10", "train.lr=3e-3"))
+    assert run.is_complete and run.meta["objective"] == "token" and run.meta["alpha"] == 0.5
+    assert run.metrics["splits"]["test"]["accuracy"] > 0.6  # 4 classes, chance 0.25

@@ -7,6 +7,10 @@ embeddings are added, and ``depth`` pre-norm encoder layers (:class:`torch.nn.Tr
 mix the tokens. ``features(x)`` is the class token's final representation (after a LayerNorm),
 ``forward(x) = head(features(x))``.
 
+With ``distill_token=True`` (DeiT's distillation token) a second learned token joins the class
+token; its own head learns from the teacher (objective ``token``), and the model predicts with the
+mean of the two heads' logits (DeiT's inference). ``heads(x)`` gives both heads' logits.
+
 Its only built-in spatial structure is the patch grid: a shift by a multiple of ``patch`` pixels
 moves whole patches (the patch embedding is equivariant to those), but the position embeddings are
 learned, so nothing makes it invariant to a shift — what a convnet has by construction, and what
@@ -33,6 +37,7 @@ class ViT(ImageClassifier):
         heads: int = 4,
         mlp_dim: int = 128,
         dropout: float = 0.0,
+        distill_token: bool = False,
     ) -> None:
         super().__init__()
         c, h, w = (int(s) for s in in_shape)
@@ -44,8 +49,9 @@ class ViT(ImageClassifier):
         if dim % heads:
             raise ValueError(f"ViT: dim {dim} is not divisible by heads {heads}")
         self.patch_embed = nn.Conv2d(c, dim, kernel_size=patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (h // patch) * (w // patch), dim))
+        n_tokens = 2 if distill_token else 1  # the class token (and the distillation token)
+        self.cls_token = nn.Parameter(torch.zeros(1, n_tokens, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens + (h // patch) * (w // patch), dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, mlp_dim, dropout, activation="gelu", batch_first=True,
@@ -53,13 +59,31 @@ class ViT(ImageClassifier):
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        self.head_distill = nn.Linear(dim, num_classes) if distill_token else None
         self.feature_dim = dim
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """The final representation of every token (B, 1 + patches, dim); token 0 is the class token."""
+        """The final representation of every token (B, tokens, dim): the class token first, then
+        the distillation token (if any), then the patches."""
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, patches, dim)
         t = torch.cat([self.cls_token.expand(len(x), -1, -1), patches], dim=1) + self.pos_embed
         return self.norm(self.blocks(t))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.tokens(x)[:, 0]
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class head's and the distillation head's logits, from one pass."""
+        if self.head_distill is None:
+            raise ValueError("heads(x) needs a distillation token (ViT(distill_token=True))")
+        t = self.tokens(x)
+        return self.head(t[:, 0]), self.head_distill(t[:, 1])
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.head_distill is None:
+            return super().features_and_logits(x)
+        t = self.tokens(x)
+        return t[:, 0], (self.head(t[:, 0]) + self.head_distill(t[:, 1])) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features_and_logits(x)[1]

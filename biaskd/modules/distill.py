@@ -148,9 +148,14 @@ class DistillModule(Schedule, ClassifierModule):
         return self.objective(Outputs(logits, features), self.teacher_for(batch), batch.get("y"), self.current_alpha())
 
     def loss_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if not self.objective.needs_features:
+        if not (self.objective.needs_features or self.objective.reads_heads):
             return super().loss_step(batch, batch_idx)  # plain forward, as without distillation
-        loss = self.student_loss(batch)
+        if self.objective.reads_heads:  # a second head learns from the teacher (DeiT's distillation token)
+            logits, distill_logits = self.model.heads(batch["x"])
+            loss = self.objective(Outputs(logits, None, distill_logits), self.teacher_for(batch), batch.get("y"),
+                                  self.current_alpha())
+        else:
+            loss = self.student_loss(batch)
         self.log_train("train/loss", loss, prog_bar=True, batch_size=len(batch["x"]))
         return loss
 
@@ -173,6 +178,10 @@ class OnlineDistillModule(DistillModule):
             t_features, t_logits = features_and_logits(self.teacher, x)
             s_features, s_logits = features_and_logits(self.model, x)
             student, teacher = Outputs(s_logits, s_features), Outputs(t_logits.detach(), t_features.detach())
+        elif self.objective.reads_heads:
+            t_logits = self.teacher(x)
+            s_logits, s_distill = self.model.heads(x)
+            student, teacher = Outputs(s_logits, None, s_distill), Outputs(t_logits.detach())
         else:
             t_logits = self.teacher(x)
             s_logits = self.model(x)

@@ -14,7 +14,7 @@ from torch import nn
 
 from biaskd.errors import ConfigError
 from biaskd.objectives.base import Objective, Outputs, features_and_logits, mix
-from biaskd.objectives.hard import HardLabels
+from biaskd.objectives.hard import DistillationToken, HardLabels
 from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
 from biaskd.objectives.logits_mse import LogitsMSE
@@ -22,7 +22,8 @@ from biaskd.objectives.relation import Relation
 from biaskd.objectives.seqkd import SequenceLevelKD, not_lm_message
 
 #: objectives that are a loss term on the batch's outputs (built by :func:`build_objective`)
-OUTPUT_OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation, HardLabels)}
+OUTPUT_OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation, HardLabels,
+                                                                         DistillationToken)}
 #: every value of ``distill.objective``: the output objectives and sequence-level KD, which makes
 #: the student's training data instead (:mod:`biaskd.modules.seqkd`)
 OBJECTIVES: dict[str, type] = {**OUTPUT_OBJECTIVES, SequenceLevelKD.name: SequenceLevelKD}
@@ -103,6 +104,9 @@ def build_objective(distill: Mapping[str, Any], student: nn.Module, teacher: nn.
                     f"distill.objective={cls.name} needs features: the {role} model {type(model).__name__} "
                     f"has no features_and_logits(x)"
                 )
+    if cls.reads_heads and not hasattr(student, "heads"):
+        raise ConfigError(f"distill.objective={cls.name} reads a distillation head: the student model "
+                          f"{type(student).__name__} has no heads(x) (e.g. model=vit model.distill_token=true)")
     return cls.from_config(
         distill, getattr(student, "feature_dim", None), getattr(teacher, "feature_dim", None) if teacher else None
     )

@@ -14,10 +14,12 @@ from biaskd.losses import cross_entropy
 
 class Outputs(NamedTuple):
     """A model's outputs on a batch: logits (B, C) and, for feature-based objectives, the
-    representation ``features(x)`` (B, d) from the same forward pass."""
+    representation ``features(x)`` (B, d) from the same forward pass; for objectives that read a
+    student's second head (DeiT's distillation token), its logits ``distill_logits`` (B, C)."""
 
     logits: torch.Tensor | None
     features: torch.Tensor | None = None
+    distill_logits: torch.Tensor | None = None
 
 
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +68,9 @@ class Objective(nn.Module):
 
     name: ClassVar[str]
     needs_features: ClassVar[bool] = False
+    #: whether it reads the student's two heads (``model.heads(x)``: the class head's logits and a
+    #: distillation head's, as ``Outputs.distill_logits``) instead of ``model(x)``
+    reads_heads: ClassVar[bool] = False
     trains_logits: ClassVar[bool] = True
     #: option name -> allowed values (None: any) under ``distill.<name>``
     options: ClassVar[dict[str, tuple | None]] = {}
