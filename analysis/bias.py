@@ -341,14 +341,17 @@ def attractor_curve(run: Run) -> list[dict]:
 @dataclass(frozen=True)
 class BiasMeasure:
     """How a scenario's bias is measured: per-run ``values(run, teacher)`` (``metrics`` says what
-    each means, in table order), a teacher's own ``curve(run)`` against ``x_label``, and the
-    metrics where lower is better."""
+    each means, in table order), a teacher's own ``curve(run)`` against ``x_label``, the
+    metrics where lower is better, and how the reference tables group the eval splits
+    (``layout``: ``families``, every split other than test an OOD family, a severity sweep by its
+    mean; ``attractors``: the ``attractors_k`` splits; :class:`analysis.scenario.Layout`)."""
 
     metrics: dict[str, str]
     values: Callable[[Run, Run | None], dict[str, float]]
     curve: Callable[[Run], list[dict]] | None = None
     x_label: str = ""
     lower_is_better: frozenset[str] = frozenset()
+    layout: str = "families"
 
 
 _SIMILARITY = {"teacher_cka_probe": "linear CKA with the teacher's features on the probe set"}
@@ -370,7 +373,8 @@ MEASURES: dict[str, BiasMeasure] = {
          "teacher_agreement_attractors": "top-1 agreement with the teacher (mean over attractors_1..4)",
          "teacher_js_attractors": "Jensen-Shannon divergence from the teacher (mean over attractors_1..4)",
          **_SIMILARITY},
-        attractor_values, attractor_curve, "attractors", frozenset({"attractor_drop_4", "teacher_js_attractors"})),
+        attractor_values, attractor_curve, "attractors", frozenset({"attractor_drop_4", "teacher_js_attractors"}),
+        layout="attractors"),
     "generic": BiasMeasure(
         {"test": "test accuracy (in distribution)",
          "eval_mean": "mean accuracy over the eval splits other than test",

@@ -11,16 +11,19 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis import agreement as agr
 from analysis import similarity, tables
 from analysis.runs import Run
-from analysis.scenario import A_MEAN, ALL_SPLITS, ARCHS, OOD_MEAN, Scenario, arch
+from analysis.scenario import ALL_SPLITS, Scenario, arch
 from analysis.tables import Rule, claim_verdict, verdict
+from biaskd.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,38 +32,79 @@ class Claim:
     (``bias``: the biased architecture, independent or as teacher, vs the other one trained
     independently; ``transfer``: cross-distilled vs independent student; ``closeness``:
     cross-distilled students closer to their teacher than independent or self-distilled ones),
-    ``split`` the primary measure's pseudo-split and ``sign`` the direction the paper reports
-    (+1: first > second; per closeness measure, see :data:`CLOSENESS_MEASURES`)."""
+    and ``sign`` the direction the paper reports (+1: first > second; per closeness measure, see
+    :data:`CLOSENESS_MEASURES`). The primary measure is the scenario's own (:attr:`Layout.summary
+    <analysis.scenario.Layout.summary>`: mean OOD accuracy or A-accuracy)."""
 
     number: int
     scenario: str
     title: str
     text: str
     kind: str
-    split: str | None = None
     sign: int = +1
 
 
-CLAIMS = [
-    Claim(1, "language", "LSTM beats Transformer on agreement with attractors",
-          "LSTMs beat Transformers on agreement with attractors (A-accuracy and accuracy with k "
-          "attractors; LSTM teacher or independent LSTM vs independent Transformer).", "bias", A_MEAN),
-    Claim(2, "language", "LSTM→Transformer distillation closes part of the gap",
-          "LSTM→Transformer distillation closes part of that gap (cross-distilled vs independent "
-          "Transformer; transfer ratio).", "transfer", A_MEAN),
-    Claim(3, "vision", "CNN beats MLP out of distribution",
-          "CNNs beat MLPs out of distribution (mean OOD accuracy; CNN teacher or independent CNN vs "
-          "independent MLP).", "bias", OOD_MEAN),
-    Claim(4, "vision", "CNN→MLP distillation improves the MLP out of distribution",
-          "CNN→MLP distillation improves the MLP out of distribution (cross-distilled vs independent "
-          "MLP).", "transfer", OOD_MEAN),
-    *[Claim(5, scenario, "distilled students agree with and resemble their teacher more",
-            "Distilled students agree with and resemble their teacher more than independent or "
-            "self-distilled students do (top-1 agreement and JS divergence with the teacher on the eval "
-            "splits, linear CKA to the teacher on the probe set; every student compared with the cross "
-            "teacher of its seed).", "closeness") for scenario in ("vision", "language")],
-]
-CLAIM_TITLES = {c.number: c.title for c in CLAIMS}
+#: the reference's claims and scenarios, as data (:func:`load_reference`)
+REFERENCE_FILE = Path(__file__).with_name("reference_claims.yaml")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A scenario's architectures in the reference: ``biased`` has the useful bias, ``others``
+    lack it (the first is the primary student); ``expected`` lists the configurations the paper
+    trains, (architecture, distill mode, teacher architecture)."""
+
+    biased: str
+    others: tuple[str, ...]
+    expected: tuple[tuple[str, str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The claims and the scenarios they are judged in, in the README's order."""
+
+    scenarios: dict[str, Pair]
+    claims: list[Claim]
+
+    @property
+    def titles(self) -> dict[int, str]:
+        return {c.number: c.title for c in self.claims}
+
+
+def load_reference(path: str | Path = REFERENCE_FILE) -> Reference:
+    """The reference's claims and scenarios from a YAML file (:data:`REFERENCE_FILE`'s format); a
+    ConfigError naming the file and key otherwise."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the reference claims ({exc})") from None
+    scenarios = {}
+    for name, sc in (spec.get("scenarios") or {}).items():
+        others = (sc or {}).get("others")
+        if not isinstance((sc or {}).get("biased"), str) or not others or not isinstance(others, list):
+            raise ConfigError(f"{path}: scenarios.{name} needs 'biased' (an architecture) and 'others' (a list)")
+        expected = tuple(tuple(e) for e in sc.get("expected") or [])
+        if any(len(e) != 3 for e in expected):
+            raise ConfigError(f"{path}: scenarios.{name}.expected: each entry is [architecture, mode, teacher architecture]")
+        scenarios[str(name)] = Pair(sc["biased"], tuple(others), expected)
+    claims = []
+    for i, c in enumerate(spec.get("claims") or []):
+        where = f"{path}: claims[{i}]"
+        if c.get("kind") not in COMPARISONS:
+            raise ConfigError(f"{where}.kind must be one of {', '.join(COMPARISONS)}; got {c.get('kind')!r}")
+        names = c.get("scenario") if isinstance(c.get("scenario"), list) else [c.get("scenario")]
+        unknown = [n for n in names if n not in scenarios]
+        if unknown:
+            raise ConfigError(f"{where}.scenario {unknown[0]!r} is not one of scenarios: {', '.join(scenarios)}")
+        if not isinstance(c.get("number"), int) or not c.get("title") or not c.get("text"):
+            raise ConfigError(f"{where} needs 'number' (an integer), 'title' and 'text'")
+        claims += [Claim(c["number"], n, c["title"], c["text"], c["kind"], int(c.get("sign", 1))) for n in names]
+    return Reference(scenarios, claims)
+
+
+CLAIMS: list[Claim] = []  # filled from REFERENCE_FILE at the end of the module
+CLAIM_TITLES: dict[int, str] = {}
 #: closeness measures and whether higher means closer (the paper's direction)
 CLOSENESS_MEASURES = (("top1_agreement", True), ("js_divergence", False), ("linear_cka", True))
 CLAIM_COLUMNS = ["claim", "scenario", "task", "primary", "first", "second", "measure", "split", "against",
@@ -114,22 +158,16 @@ def _ratio(sc: Scenario, task: str, members: Sequence[tuple[int, Run]], split: s
     return float(t["transfer_ratio"].iloc[0]) if len(t) == 1 else math.nan
 
 
-def claims_bias(sc: Scenario, claim: Claim, rule: Rule) -> tuple[list[dict], list[str]]:
+def claims_bias(sc: Scenario, claim: Claim, rule: Rule, pair: Pair) -> tuple[list[dict], list[str]]:
     """Claims 1 and 3: the biased architecture beats the other one (independent runs of the other)."""
     rows, missing = [], []
-    biased, others = ARCHS[sc.name]
+    biased, others = pair.biased, pair.others
     for task in sc.tasks:
         lay = sc.layouts[task]
-        if sc.name == "language":
-            key, secondary = claim.split, [(f"attractors_{k}", s) for k, s in lay.attractors.items()]
-            if not lay.attractors:
-                missing.append(f"`{task}`: no `attractors_k` splits")
-                continue
-        else:
-            key, secondary = claim.split, [(f, lay.family_value_split(f)) for f in lay.families]
-            if not lay.families:
-                missing.append(f"`{task}`: no out-of-distribution splits")
-                continue
+        if lay.lacks():
+            missing.append(f"`{task}`: {lay.lacks()}")
+            continue
+        key, secondary = lay.summary, lay.components()
         sides = [(_label(m, "independent"), m) for m in [sc.independent(task, biased)] if m]
         sides += [(_label(m, "teacher"), m) for m in [sc.teachers(task, biased)] if m]
         if not sides:
@@ -152,17 +190,13 @@ def claims_bias(sc: Scenario, claim: Claim, rule: Rule) -> tuple[list[dict], lis
     return rows, missing
 
 
-def claims_transfer(sc: Scenario, claim: Claim, rule: Rule) -> tuple[list[dict], list[str]]:
+def claims_transfer(sc: Scenario, claim: Claim, rule: Rule, pair: Pair) -> tuple[list[dict], list[str]]:
     """Claims 2 and 4: the cross-distilled student beats the independent one where the bias matters."""
     rows, missing = [], []
-    biased, others = ARCHS[sc.name]
+    biased, others = pair.biased, pair.others
     for task in sc.tasks:
         lay = sc.layouts[task]
-        key = claim.split
-        if sc.name == "language":
-            secondary = [(f"attractors_{k}", s) for k, s in lay.attractors.items()] + [("test", "test")]
-        else:
-            secondary = [(f, lay.family_value_split(f)) for f in lay.families] + [("test", "test")]
+        key, secondary = lay.summary, lay.components() + [("test", "test")]
         models = sorted({r.model for r in sc.task_runs(task) if arch(r.model) in others})
         found = False
         for model in models:
@@ -234,12 +268,13 @@ class _Closeness:
         return out
 
 
-def claims_closeness(sc: Scenario, claim: Claim, rule: Rule, cache: _Closeness | None = None) -> tuple[list[dict], list[str]]:
+def claims_closeness(sc: Scenario, claim: Claim, rule: Rule, pair: Pair,
+                     cache: _Closeness | None = None) -> tuple[list[dict], list[str]]:
     """Claim 5: cross students are closer to their teacher than independent and self-distilled
     students of the same seed are to that same teacher."""
     cache = cache or _Closeness()
     rows, missing = [], []
-    biased, others = ARCHS[sc.name]
+    biased, others = pair.biased, pair.others
     for task in sc.tasks:
         lay = sc.layouts[task]
         splits = lay.splits
@@ -296,10 +331,13 @@ def claims_closeness(sc: Scenario, claim: Claim, rule: Rule, cache: _Closeness |
     return rows, missing
 
 
-def evaluate_claims(scenarios: dict[str, Scenario | None], rule: Rule = Rule()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(all comparison rows, one verdict per claim and scenario)."""
+def evaluate_claims(scenarios: dict[str, Scenario | None], rule: Rule = Rule(),
+                    reference: Reference | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(all comparison rows, one verdict per claim and scenario of ``reference``, by default
+    :data:`REFERENCE_FILE`'s)."""
+    reference = reference or load_reference()
     rows, summary = [], []
-    for c in CLAIMS:
+    for c in reference.claims:
         claim, name = c.number, c.scenario
         sc = scenarios.get(name)
         if sc is None:
@@ -307,7 +345,7 @@ def evaluate_claims(scenarios: dict[str, Scenario | None], rule: Rule = Rule()) 
         elif not sc.runs:
             r, missing = [], [f"no complete {name} run dirs were found"]
         else:
-            r, missing = COMPARISONS[c.kind](sc, c, rule)
+            r, missing = COMPARISONS[c.kind](sc, c, rule, reference.scenarios[name])
         rows += r
         rf = pd.DataFrame(r, columns=CLAIM_COLUMNS)
         summary.append({"claim": claim, "scenario": name, "verdict": claim_verdict(rf),
@@ -317,6 +355,9 @@ def evaluate_claims(scenarios: dict[str, Scenario | None], rule: Rule = Rule()) 
 
 
 #: how each kind of claim is judged on a scenario: (comparison rows, what is missing)
-COMPARISONS: dict[str, Callable[[Scenario, Claim, Rule], tuple[list[dict], list[str]]]] = {
+COMPARISONS: dict[str, Callable[[Scenario, Claim, Rule, Pair], tuple[list[dict], list[str]]]] = {
     "bias": claims_bias, "transfer": claims_transfer, "closeness": claims_closeness,
 }
+_DEFAULT = load_reference()
+CLAIMS += _DEFAULT.claims
+CLAIM_TITLES.update(_DEFAULT.titles)

@@ -19,11 +19,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from biaskd.errors import ArtifactError
 from biaskd.measures import linear_cka
+from biaskd.modes import MODES, Mode
 
 from analysis import figures, tables
 from analysis.agreement import agreement_table
@@ -125,12 +127,12 @@ def load_sweep(run_paths: list[Path]) -> Sweep:
     # independent students were compared with
     for kind in ("distilled", "compared"):
         for s in students:
-            if s.distill == "online":
+            if _online(s):
                 continue
             if kind == "distilled":
-                t = _own_teacher(s, sweep.notes) if s.distill != "none" else None
+                t = _own_teacher(s, sweep.notes) if not _independent(s) else None
             else:
-                t = _compared_teacher(s, cache, sweep.notes) if s.distill == "none" else None
+                t = _compared_teacher(s, cache, sweep.notes) if _independent(s) else None
             if t is None or t.task != s.task:
                 continue
             sweep.teachers.setdefault(_teacher_key(t), {}).setdefault(s.seed, t)
@@ -205,6 +207,24 @@ def _config_key(run: Run) -> tuple:
     return run.task, run.model, run.transfer, _epochs(run)
 
 
+def _mode(run: Run) -> Mode | None:
+    """The run's distillation mode (:mod:`biaskd.modes`); None for one the suite does not define
+    (then read as distilled from a teacher run of its own)."""
+    return MODES.get(run.distill)
+
+
+def _independent(run: Run) -> bool:
+    return _mode(run) is not None and not _mode(run).distilled
+
+
+def _online(run: Run) -> bool:
+    return _mode(run) is not None and _mode(run).online
+
+
+def _self_distilled(run: Run) -> bool:
+    return _mode(run) is not None and _mode(run).teacher_is_student
+
+
 def comparisons(sweep: Sweep) -> list[Comparison]:
     """Per teacher key, every distilled configuration taught by it (self-distilled ones included,
     for their own teacher) with the independent and self-distilled configurations of the same
@@ -217,9 +237,9 @@ def comparisons(sweep: Sweep) -> list[Comparison]:
     out = []
     for label, members in by_label.items():
         first = members[0]
-        if first.distill in ("none",):
+        if _independent(first):
             continue
-        if first.distill == "online":
+        if _online(first):
             key = (first.task, f"{first.teacher_model} (co-trained)", _epochs(first))
             sweep.teacher_label.setdefault(key, f"{first.teacher_model}, co-trained (online)")
             sweep.teachers.setdefault(key, {})
@@ -229,15 +249,16 @@ def comparisons(sweep: Sweep) -> list[Comparison]:
                 continue
             key = keys[t.path.resolve()]
 
-        def control(mode: str) -> str | None:
+        def control(is_control: Callable[[Run], bool]) -> str | None:
             cands = {sweep.label[s.run_id]: s for s in sweep.students
-                     if s.distill == mode and _config_key(s) == _config_key(first) and sweep.label[s.run_id] != label}
-            if mode == "self" and len(cands) > 1:
+                     if is_control(s) and _config_key(s) == _config_key(first) and sweep.label[s.run_id] != label}
+            if is_control is _self_distilled and len(cands) > 1:
                 cands = {lb: s for lb, s in cands.items()
                          if (s.objective, s.alpha, s.temperature) == (first.objective, first.alpha, first.temperature)}
             return next(iter(cands)) if len(cands) == 1 else None
 
-        out.append(Comparison(key, label, control("none"), control("self") if first.distill != "self" else None))
+        out.append(Comparison(key, label, control(_independent),
+                              control(_self_distilled) if not _self_distilled(first) else None))
     return out
 
 
@@ -252,7 +273,7 @@ def measures_frame(sweep: Sweep, comps: list[Comparison]) -> pd.DataFrame:
     # independents compared with a teacher no distilled configuration of the sweep uses
     for key, seeds in sweep.teachers.items():
         if key not in wanted:
-            wanted[key] = {sweep.label[s.run_id] for s in sweep.students if s.distill == "none"
+            wanted[key] = {sweep.label[s.run_id] for s in sweep.students if _independent(s)
                            and s.seed in seeds and s.task == key[0]}
     for key, labels in wanted.items():
         for s in sweep.students:
@@ -261,7 +282,7 @@ def measures_frame(sweep: Sweep, comps: list[Comparison]) -> pd.DataFrame:
             values = _own_values(s)
             teacher = sweep.teachers.get(key, {}).get(s.seed)
             measured: dict = {}
-            if s.distill == "online" and key[1].endswith("(co-trained)"):
+            if _online(s) and key[1].endswith("(co-trained)"):
                 measured = {(split, m): float(v[m]) for split, v in s.metrics["splits"].items()
                             for m in ("teacher_agreement", "teacher_js") if v.get(m) is not None}
                 cka = (s.metrics.get("probe") or {}).get("teacher_cka")

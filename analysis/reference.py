@@ -1,10 +1,14 @@
 """Reference results: one report per scenario, and a README with a verdict on each of the paper's claims.
 
     python -m analysis.reference --vision RUNS... --language RUNS... --out results
-        [--commands-file FILE] [--notes FILE] [--alpha 0.05] [--min-seeds 3] [--measure linear_cka] [--seed 0]
+        [--scenario NAME RUNS...] [--claims FILE] [--commands-file FILE] [--notes FILE] [--alpha 0.05]
+        [--min-seeds 3] [--measure linear_cka] [--seed 0]
 
 RUNS are run dirs or sweep folders, as for :mod:`analysis.report`, which writes the full report
-of each scenario into ``OUT/<scenario>/``. ``OUT/README.md`` then gathers, from the same run
+of each scenario into ``OUT/<scenario>/``. The claims and the scenarios they are judged in
+(``--vision``, ``--language``: one option each) are data, ``analysis/reference_claims.yaml`` or
+``--claims FILE``; ``--scenario NAME RUNS...`` adds a scenario the claims do not name, with its
+tables and no verdict. ``OUT/README.md`` then gathers, from the same run
 dirs: a table per scenario (mean ± 95% CI over seeds), accuracy against OOD severity, transfer
 ratios, an automatic verdict on each claim of Abnar et al. (2020) with the numbers and the paired
 test behind it, the scale of the runs next to the paper's, and the commands that made the runs.
@@ -26,11 +30,11 @@ from typing import Sequence
 import pandas as pd
 
 from analysis import similarity, tables
-from analysis.claims import CLAIM_TITLES, CLAIMS, evaluate_claims
+from analysis.claims import REFERENCE_FILE, Reference, evaluate_claims, load_reference
 from analysis.markdown import Report
 from analysis.report import build_report
 from analysis.scale import hydra_commands, read_commands, scale_facts
-from analysis.scenario import (A_MEAN, ALL_SPLITS, OOD_MEAN, SCENARIOS, Scenario, load_scenario, missing_configs,
+from analysis.scenario import (A_MEAN, ALL_SPLITS, ATTRACTORS, OOD_MEAN, Scenario, load_scenario, missing_configs,
                                scenario_table, severity_tables, transfer_rows)
 from analysis.tables import VERDICT_RULE, Rule
 
@@ -98,7 +102,11 @@ def _claims_table(rows: pd.DataFrame, with_ratio: bool) -> pd.DataFrame:
 
 def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.DataFrame, verdicts: pd.DataFrame,
                  *, rule: Rule, notes_text: str, commands: list[str] | None, commands_file: str | None,
-                 argv: Sequence[str]) -> Path:
+                 argv: Sequence[str], reference: Reference | None = None) -> Path:
+    """The README: ``scenarios`` in their order (None: not given), the claims of ``reference``
+    (default: :data:`analysis.claims.REFERENCE_FILE`'s)."""
+    reference = reference or load_reference()
+    titles = reference.titles
     md = Report(out)
     given = [sc for sc in scenarios.values() if sc is not None]
     n_runs = sum(len(sc.runs) for sc in given)
@@ -113,7 +121,7 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
                  "intervals over seeds; `(n=1)` marks a single seed.", ""]
     md.h(2, "Contents")
     md.p("\n".join(["- [The paper's claims: verdicts](#the-papers-claims-verdicts)"]
-                   + [f"- [{n.capitalize()} scenario](#{n}-scenario)" for n in SCENARIOS]
+                   + [f"- [{n.capitalize()} scenario](#{n}-scenario)" for n in scenarios]
                    + ["- [Claims in detail](#claims-in-detail)",
                       "- [Scale differences from the paper](#scale-differences-from-the-paper)",
                       "- [How to regenerate](#how-to-regenerate)"]))
@@ -127,7 +135,7 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
         ev = [evidence(x) for _, x in r.iterrows()]
         if v["missing"]:
             ev.append("missing: " + v["missing"])
-        srows.append({"claim": f"({v['claim']}) {CLAIM_TITLES[v['claim']]}", "scenario": v["scenario"],
+        srows.append({"claim": f"({v['claim']}) {titles[v['claim']]}", "scenario": v["scenario"],
                       "verdict": f"**{v['verdict']}**", "primary comparisons (numbers)": "<br>".join(ev) or "–"})
     md.table(pd.DataFrame(srows))
     verdicts.to_csv(out / "verdicts.csv", index=False)
@@ -136,8 +144,7 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
          "(every comparison, primary and supporting, with per-side means, Δ, its CI half-width, t and p).")
 
     # scenarios
-    for name in SCENARIOS:
-        sc = scenarios.get(name)
+    for name, sc in scenarios.items():
         md.h(2, f"{name.capitalize()} scenario")
         if sc is None:
             md.missing(f"no {name} runs were given (`--{name}`), so there is no {name} table, figure or verdict.")
@@ -152,7 +159,8 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
         if not sc.runs:
             md.missing(f"no complete run dirs under " + ", ".join(f"`{p}`" for p in sc.paths) + ".")
             continue
-        _scenario_section(md, sc)
+        pair = reference.scenarios.get(name)
+        _scenario_section(md, sc, pair.expected if pair else ())
 
     # claims in detail
     md.h(2, "Claims in detail")
@@ -161,8 +169,8 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
          "paired t-test. For claim 5, JS divergence is better when lower, so there Δ < 0 is the paper's "
          "direction.")
     for (claim, name), v in verdicts.set_index(["claim", "scenario"]).iterrows():
-        md.h(3, f"({claim}) {CLAIM_TITLES[claim]} — {name}: {v['verdict']}")
-        md.p(next(c.text for c in CLAIMS if (c.number, c.scenario) == (claim, name)))
+        md.h(3, f"({claim}) {titles[claim]} — {name}: {v['verdict']}")
+        md.p(next(c.text for c in reference.claims if (c.number, c.scenario) == (claim, name)))
         rows = claims[(claims["claim"] == claim) & (claims["scenario"] == name)]
         if v["missing"]:
             md.missing(v["missing"])
@@ -210,7 +218,7 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
     return path
 
 
-def _scenario_section(md: Report, sc: Scenario) -> None:
+def _scenario_section(md: Report, sc: Scenario, expected: Sequence[tuple[str, str, str | None]] = ()) -> None:
     name = sc.name
     tables_wide, tables_long, sev_long, transfer = [], [], [], []
     for task in sc.tasks:
@@ -221,13 +229,13 @@ def _scenario_section(md: Report, sc: Scenario) -> None:
         md.p("**Metrics per configuration (mean ± 95% CI over seeds)**")
         md.table(wide)
         tables_long.append(long)
-        missing = missing_configs(sc, task)
+        missing = missing_configs(sc, task, expected)
         if missing:
             md.missing("no runs of " + ", ".join(missing) + ".")
         single = wide[wide["seeds (n)"] < 2]["config"].tolist()
         if single:
             md.p("Single seed (no interval, and no paired test possible): " + ", ".join(f"`{c}`" for c in single) + ".")
-        if name == "vision":
+        if lay.kind != ATTRACTORS:
             sw, sl = severity_tables(sc, task)
             if len(sw):
                 md.p("**Accuracy against severity** (s0 = `test`)")
@@ -274,15 +282,22 @@ def _clean(folder: Path) -> None:
                 p.unlink()
 
 
-def build_reference(out: str | Path, vision: Sequence[str] | None = None, language: Sequence[str] | None = None,
-                    *, commands_file: str | Path | None = None, notes: str | Path | None = None,
-                    alpha: float = 0.05, min_seeds: int = 3, measure: str = "linear_cka", seed: int = 0, reports: bool = True,
-                    argv: Sequence[str] = ()) -> Path:
-    """Write ``out/<scenario>/`` reports and ``out/README.md`` with its CSVs; returns the README path."""
+def build_reference(out: str | Path, runs: dict[str, Sequence[str]] | None = None, *,
+                    claims: str | Path | None = None, commands_file: str | Path | None = None,
+                    notes: str | Path | None = None, alpha: float = 0.05, min_seeds: int = 3,
+                    measure: str = "linear_cka", seed: int = 0, reports: bool = True, argv: Sequence[str] = (),
+                    **by_scenario: Sequence[str] | None) -> Path:
+    """Write ``out/<scenario>/`` reports and ``out/README.md`` with its CSVs; returns the README
+    path. ``runs`` (or keywords, ``vision=[...]``): scenario name -> its run dirs; the scenarios of
+    the claims (``claims``: a file like :data:`analysis.claims.REFERENCE_FILE`) come first, given
+    or not, then any other given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    reference = load_reference(claims or REFERENCE_FILE)
+    given = {**(runs or {}), **by_scenario}
     scenarios: dict[str, Scenario | None] = {}
-    for name, paths in (("vision", vision), ("language", language)):
+    for name in [*reference.scenarios, *(n for n in given if n not in reference.scenarios)]:
+        paths = given.get(name)
         if not paths:
             scenarios[name] = None
             continue
@@ -293,22 +308,30 @@ def build_reference(out: str | Path, vision: Sequence[str] | None = None, langua
             if sc.runs:
                 build_report([p for p in paths if Path(p).exists()], out / name, measure=measure, seed=seed)
     rule = Rule(alpha, min_seeds)
-    claims, verdicts = evaluate_claims(scenarios, rule)
+    claims_rows, verdicts = evaluate_claims(scenarios, rule, reference)
     notes_path = Path(notes) if notes else DEFAULT_NOTES
     notes_text = (notes_path.read_text() if notes_path.is_file()
                   else f"> **Missing:** notes file `{notes_path}` not found.")
     commands = None
     if commands_file and Path(commands_file).is_file():
         commands = read_commands(Path(commands_file))
-    return write_readme(out, scenarios, claims, verdicts, rule=rule, notes_text=notes_text, commands=commands,
-                        commands_file=str(commands_file) if commands_file else None, argv=argv)
+    return write_readme(out, scenarios, claims_rows, verdicts, rule=rule, notes_text=notes_text, commands=commands,
+                        commands_file=str(commands_file) if commands_file else None, argv=argv, reference=reference)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--claims")
+    claims_file = first.parse_known_args(argv)[0].claims or REFERENCE_FILE
+    reference = load_reference(claims_file)
     ap = argparse.ArgumentParser(prog="python -m analysis.reference", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vision", nargs="+", metavar="RUNS", help="vision (CNN/MLP) run dirs or sweep folders")
-    ap.add_argument("--language", nargs="+", metavar="RUNS", help="language (LSTM/Transformer) run dirs or sweep folders")
+    ap.add_argument("--claims", default=str(claims_file), help="the claims and their scenarios (YAML; default: %(default)s)")
+    for name, pair in reference.scenarios.items():
+        ap.add_argument(f"--{name}", nargs="+", metavar="RUNS", dest=f"runs:{name}",
+                        help=f"{name} ({pair.biased}/{'/'.join(pair.others)}) run dirs or sweep folders")
+    ap.add_argument("--scenario", nargs="+", action="append", default=[], metavar="NAME RUNS",
+                    help="another scenario's name and its run dirs (tables, no verdict); repeatable")
     ap.add_argument("--out", required=True, help="results folder (README.md, CSVs, one report folder per scenario)")
     ap.add_argument("--commands-file", help="text file with the commands that made the runs, one per line "
                                             "(`# ...` after a command: an annotation such as its wall time)")
@@ -320,9 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="representational similarity of the scenario reports")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the reports' MDS maps")
     args = ap.parse_args(argv)
-    if not args.vision and not args.language:
-        print("note: neither --vision nor --language given; the README will say so", file=sys.stderr)
-    path = build_reference(args.out, args.vision, args.language, commands_file=args.commands_file,
+    runs = {name: vars(args)[f"runs:{name}"] for name in reference.scenarios}
+    for item in args.scenario:
+        if len(item) < 2:
+            ap.error(f"--scenario {item[0]}: give the scenario's name, then its run dirs or sweep folders")
+        runs[item[0]] = [*(runs.get(item[0]) or []), *item[1:]]
+    if not any(runs.values()):
+        options = ", ".join(f"--{n}" for n in reference.scenarios)
+        print(f"note: no runs given ({options} or --scenario NAME RUNS...); the README will say so", file=sys.stderr)
+    path = build_reference(args.out, runs, claims=args.claims, commands_file=args.commands_file,
                            notes=args.notes, alpha=args.alpha, min_seeds=args.min_seeds, measure=args.measure, seed=args.seed, argv=argv)
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -10,7 +10,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,23 +18,17 @@ import pandas as pd
 from biaskd.errors import ArtifactError
 
 from analysis import figures, tables
+from analysis.bias import bias_measure
 from analysis.runs import Run, find_runs, order_splits, runs_frame, with_teachers
 
-SCENARIOS = ("vision", "language")
 #: Derived pseudo-splits added to the metrics frame (accuracy only).
 OOD_MEAN = "ood_mean"
 A_MEAN = "attractors_mean"
 ALL_SPLITS = "all_splits_mean"
 NOT_EVAL = {"train", "valid"}
 _ATTRACTORS_RE = re.compile(r"^attractors_(\d+)$")
-#: (architecture with the useful bias, architectures without it) per scenario
-ARCHS = {"vision": ("cnn", ("mlp",)), "language": ("lstm", ("transformer", "universal_transformer"))}
-#: configurations the paper trains, to say which ones the runs lack: (arch, distill, teacher arch)
-EXPECTED = {
-    "vision": [("cnn", "none", None), ("mlp", "none", None), ("mlp", "self", "mlp"), ("mlp", "cross", "cnn")],
-    "language": [("lstm", "none", None)] + [(m, d, t) for m in ("transformer", "universal_transformer")
-                                            for d, t in (("none", None), ("self", m), ("cross", "lstm"))],
-}
+#: how a task's eval splits are grouped (its runs' bias measure says which: BiasMeasure.layout)
+FAMILIES, ATTRACTORS = "families", "attractors"
 
 
 def arch(model: str) -> str:
@@ -55,20 +49,22 @@ def _nan(v) -> bool:
 # --- split layout of a task --------------------------------------------------------------------
 @dataclass
 class Layout:
-    """Which eval splits of a task are clean, out-of-distribution, or attractor splits."""
+    """Which eval splits of a task are clean, out-of-distribution, or attractor splits: ``kind``
+    :data:`FAMILIES` (every split other than ``test`` an OOD family, or a severity of one) or
+    :data:`ATTRACTORS` (``attractors_k``, and further splits listed apart)."""
 
-    scenario: str
+    kind: str
     splits: list[str]
-    families: dict[str, list[str]] = field(default_factory=dict)  # vision: OOD family -> its splits
+    families: dict[str, list[str]] = field(default_factory=dict)  # families: OOD family -> its splits
     swept: set[str] = field(default_factory=set)  # families with a severity sweep
-    attractors: dict[int, str] = field(default_factory=dict)  # language: k -> split
-    others: list[str] = field(default_factory=list)  # language: further non-test splits
+    attractors: dict[int, str] = field(default_factory=dict)  # attractors: k -> split
+    others: list[str] = field(default_factory=list)  # attractors: further non-test splits
 
     @classmethod
-    def of(cls, scenario: str, splits: Iterable[str]) -> "Layout":
+    def of(cls, kind: str, splits: Iterable[str]) -> "Layout":
         splits = [s for s in order_splits(splits) if s not in NOT_EVAL and s not in (OOD_MEAN, A_MEAN)]
-        lay = cls(scenario, splits)
-        if scenario == "vision":
+        lay = cls(kind, splits)
+        if kind != ATTRACTORS:
             sweeps: dict[str, list[tuple[int, str]]] = defaultdict(list)
             plain = []
             for s in splits:
@@ -102,6 +98,24 @@ class Layout:
     def family_value_split(self, fam: str) -> str:
         return self.family_split(fam) if fam in self.swept else fam
 
+    @property
+    def summary(self) -> str:
+        """The derived split that sums the bias up: mean OOD accuracy, or A-accuracy."""
+        return A_MEAN if self.kind == ATTRACTORS else OOD_MEAN
+
+    def components(self) -> list[tuple[str, str]]:
+        """(name, split) of what :attr:`summary` averages: the OOD families (a swept one by its
+        mean), or ``attractors_k``."""
+        if self.kind == ATTRACTORS:
+            return [(f"attractors_{k}", s) for k, s in self.attractors.items()]
+        return [(f, self.family_value_split(f)) for f in self.families]
+
+    def lacks(self) -> str | None:
+        """What the task lacks to measure its bias (None: nothing)."""
+        if self.kind == ATTRACTORS:
+            return None if self.attractors else "no `attractors_k` splits"
+        return None if self.families else "no out-of-distribution splits"
+
     def derived(self, acc: dict[str, float]) -> dict[str, float]:
         """Derived accuracies of one run from its per-split accuracies; a derived value whose
         components are not all present is left out rather than averaged over fewer splits."""
@@ -111,7 +125,7 @@ class Layout:
             vals = [acc.get(p) for p in parts]
             return float(np.mean(vals)) if parts and all(not _nan(v) for v in vals) else None
 
-        if self.scenario == "vision":
+        if self.kind != ATTRACTORS:
             fam_vals = {}
             for fam, parts in self.families.items():
                 fam_vals[fam] = mean_of(parts)
@@ -126,15 +140,13 @@ class Layout:
         return out
 
     def describe(self) -> str:
-        if self.scenario == "vision":
-            if not self.families:
-                return "no out-of-distribution splits"
+        if self.lacks():
+            return self.lacks()
+        if self.kind != ATTRACTORS:
             parts = [f"`{f}` (mean of {', '.join(f'`{s}`' for s in p)})" if f in self.swept else f"`{f}`"
                      for f, p in self.families.items()]
             return ("OOD mean = mean over the OOD families " + ", ".join(parts)
                     + "; a family with a severity sweep counts as the mean over its severities")
-        if not self.attractors:
-            return "no `attractors_k` splits"
         return "A-accuracy = mean accuracy over " + ", ".join(f"`{s}`" for s in self.attractors.values())
 
 
@@ -188,8 +200,27 @@ class Scenario:
         return pd.Series({s: float(np.mean(v)) for s, v in sorted(by_seed.items())}, dtype=float)
 
 
-def load_scenario(name: str, paths: Sequence[str | Path]) -> Scenario:
-    """Runs, tidy metrics (task = :func:`task_key`, plus derived splits), split layouts, teachers."""
+def layout_kind(sc: Scenario, task: str) -> str:
+    """How ``task``'s splits are grouped: as its runs' recorded bias measure says
+    (:mod:`biaskd.scenario`, :attr:`analysis.bias.BiasMeasure.layout`); one that cannot be
+    read is noted and the task grouped as OOD families."""
+    measures = sorted({r.scenario.measure for r in sc.task_runs(task)})
+    kinds = set()
+    for measure in measures:
+        try:
+            kinds.add(bias_measure(measure).layout)
+        except ArtifactError as exc:
+            sc.notes.append(f"`{task}`: {exc}; its splits are read as out-of-distribution families")
+            kinds.add(FAMILIES)
+    if len(kinds) > 1:
+        sc.notes.append(f"`{task}`: runs of several bias measures ({', '.join(measures)}); "
+                        "its splits are read as out-of-distribution families")
+    return kinds.pop() if len(kinds) == 1 else FAMILIES
+
+
+def load_scenario(name: str, paths: Sequence[str | Path], keep: Callable[[Run], bool] | None = None) -> Scenario:
+    """Runs, tidy metrics (task = :func:`task_key`, plus derived splits), split layouts, teachers
+    (``keep``: only the runs it accepts, and their teachers)."""
     sc = Scenario(name, [str(p) for p in paths])
     existing = []
     for p in paths:
@@ -201,7 +232,7 @@ def load_scenario(name: str, paths: Sequence[str | Path]) -> Scenario:
         return sc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sc.runs = with_teachers(find_runs(*existing))
+        sc.runs = with_teachers([r for r in find_runs(*existing) if keep is None or keep(r)])
         frame = runs_frame(sc.runs)
     sc.notes += sorted({str(w.message) for w in caught})
     if not sc.runs:
@@ -220,7 +251,7 @@ def load_scenario(name: str, paths: Sequence[str | Path]) -> Scenario:
         if r.distill == "cross":
             sc.taught[t.run_id].add(r.seed)
     for task, ft in frame.groupby("task"):
-        sc.layouts[task] = Layout.of(name, ft["split"].unique())
+        sc.layouts[task] = Layout.of(layout_kind(sc, task), ft["split"].unique())
     rows = []
     acc = frame[frame["metric"] == "accuracy"]
     for run_id, fr in acc.groupby("run"):
@@ -257,7 +288,7 @@ def table_columns(sc: Scenario, task: str) -> list[tuple[str, str, str]]:
     have = {(s, m) for s, m in zip(sc.frame.loc[sc.frame["task"] == task, "split"],
                                    sc.frame.loc[sc.frame["task"] == task, "metric"])}
     cols = []
-    if sc.name == "vision":
+    if lay.kind != ATTRACTORS:
         cols.append(("test", "test", "accuracy"))
         plain = [s for s in lay.splits if s != "test" and tables.split_severity(s)[1] is None]
         for fam in lay.families:
@@ -327,9 +358,11 @@ def transfer_rows(sc: Scenario, task: str) -> pd.DataFrame:
     return t.sort_values(["student", "_o"]).drop(columns="_o").reset_index(drop=True)
 
 
-def missing_configs(sc: Scenario, task: str) -> list[str]:
+def missing_configs(sc: Scenario, task: str, expected: Iterable[tuple[str, str, str | None]] = ()) -> list[str]:
+    """The ``expected`` configurations (architecture, distill mode, teacher architecture) that
+    ``task`` has no runs of."""
     runs = sc.task_runs(task)
     have = {(arch(r.model), r.distill, arch(r.teacher_model) if r.teacher_model else None) for r in runs}
     have |= {(arch(r.model), "none", None) for r in runs if r.role == "teacher"}
-    return [f"{m} ({d}" + (f"<-{t})" if d == "cross" else ")") for m, d, t in EXPECTED[sc.name]
+    return [f"{m} ({d}" + (f"<-{t})" if d == "cross" else ")") for m, d, t in expected
             if (m, d, t) not in have]

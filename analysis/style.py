@@ -30,11 +30,16 @@ every label inside the image (:func:`save`).
 from __future__ import annotations
 
 import math
+import os
+import re
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from biaskd.errors import ConfigError
 from biaskd.modes import MODES, run_label
 
 # seaborn "colorblind" palette entries
@@ -262,12 +267,35 @@ METRIC_LABELS: dict[str, str] = {
     "eval_mean": "mean accuracy on the eval splits", "teacher_agreement_eval": "agreement with the teacher (eval splits)",
     "teacher_js_eval": "JS divergence from the teacher (eval splits)", "loss": "loss",
 }
+#: display labels and colours as data: this file, then the one ``$BIASKD_LABELS`` names
+LABELS_FILE = Path(__file__).with_name("labels.yaml")
+LABELS_ENV = "BIASKD_LABELS"
+
+
+def load_labels(*paths: str | Path) -> dict[str, dict[str, str]]:
+    """``{"scenarios": {name: title}, "models": {name: colour}}`` from YAML files (``labels.yaml``'s
+    shape), a later file's entries over an earlier one's; a ConfigError naming the file and key."""
+    out: dict[str, dict[str, str]] = {"scenarios": {}, "models": {}}
+    for path in map(Path, paths):
+        try:
+            spec = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the labels ({exc})") from None
+        if not isinstance(spec, dict) or set(spec) - set(out):
+            raise ConfigError(f"{path}: the labels file has the sections {', '.join(out)} only")
+        for section, entries in spec.items():
+            if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
+                raise ConfigError(f"{path}: {section} maps a name to a text")
+            bad = [k for k, v in entries.items() if section == "models" and not re.fullmatch(r"#[0-9a-fA-F]{6}", v)]
+            if bad:
+                raise ConfigError(f"{path}: models.{bad[0]} must be a colour #rrggbb; got {entries[bad[0]]!r}")
+            out[section].update({str(k): v for k, v in entries.items()})
+    return out
+
+
+_LABELS = load_labels(LABELS_FILE, *([os.environ[LABELS_ENV]] if os.environ.get(LABELS_ENV) else []))
 #: scenario ids -> titles
-SCENARIO_LABELS: dict[str, str] = {
-    "vision": "vision: MNIST, 4,500 digits", "vision_60k": "vision: MNIST, 60,000 digits",
-    "language": "agreement grammar", "language_lm": "agreement grammar, LM setup",
-    "linzen": "Linzen's agreement data",
-}
+SCENARIO_LABELS: dict[str, str] = _LABELS["scenarios"]
 _SPLIT_WORDS = {"test": "test", "valid": "validation", "train": "training", "probe": "probe set",
                 "test_deep": "deeper sentences", "shifted": "shifted"}
 
@@ -279,8 +307,6 @@ def metric_label(metric: str) -> str:
 
 def split_label(split: str) -> str:
     """``translated_s3`` -> ``translated, severity 3``; ``attractors_2`` -> ``2 attractors``."""
-    import re
-
     split = str(split)
     if split in _SPLIT_WORDS:
         return _SPLIT_WORDS[split]
@@ -303,15 +329,8 @@ def with_n(label: str, n) -> str:
 
 
 # -- architectures: one colour each, in every panel --------------------------------------------------
-#: architecture -> colour (figures that compare architectures, e.g. the teachers' own bias): CNNs
-#: in browns (global pooling the darker), recurrent purple, attention cyan / pink; orange and
-#: green stay the distilled and self-distilled students'
-MODEL_COLOURS: dict[str, str] = {
-    "mlp": _BLUE, "mlp_small": _BLUE, "cnn": _BROWN, "cnn_small": _BROWN, "cnn_gp": "#6b3a1e",
-    "lstm": _PURPLE, "lstm_base": _PURPLE, "transformer": _CYAN, "transformer_base": _CYAN,
-    "transformer_seq": _CYAN, "universal_transformer": _PINK, "universal_transformer_base": _PINK,
-    "universal_transformer_seq": _PINK, "vit": _RED,
-}
+#: architecture -> colour (figures that compare architectures, e.g. the teachers' own bias)
+MODEL_COLOURS: dict[str, str] = _LABELS["models"]
 
 
 def model_colour(model: str) -> str:

@@ -1,29 +1,30 @@
 """Transfer-set sweeps: out-of-distribution accuracy against the number of transfer inputs.
 
-    python -m analysis.transfer_sets RUNS... --out DIR [--scenario vision|language]
+    python -m analysis.transfer_sets RUNS... --out DIR [--scenario NAME]
 
 RUNS are run dirs or sweep folders (e.g. ``runs/sva_transfer``; teachers are found through
 the students). For every condition — the independent student (with transfer inputs: the
 control, trained on them with gold labels), the self-distilled student, and each
 cross-architecture distilled student — and every transfer-set size, it reports mean ± 95% CI
-over seeds of the headline metric (vision: mean OOD accuracy; language: A-accuracy, the mean
-over ``attractors_k``) and of each component split, and, paired by seed, the difference
+over seeds of the headline metric (as the runs' recorded bias measure groups their splits: mean
+OOD accuracy over the families, or A-accuracy, the mean over ``attractors_k``; a task of the
+generic measure by the mean over its eval splits other than test) and of each component split, and, paired by seed, the difference
 between each distilled student and the control (and the self-distilled student) of the same size. Writes
 ``DIR/transfer_sets.md``, ``transfer_sets.csv`` (long form), ``transfer_sets_paired.csv`` and
-``transfer_sets.png``.
+``transfer_sets.png``. The runs' scenarios are the ones they recorded (``--scenario NAME``: only
+that one's runs); their tasks must share one way of grouping splits.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from analysis import tables
-from analysis.scenario import A_MEAN, OOD_MEAN, load_scenario
+from analysis.scenario import A_MEAN, ATTRACTORS, OOD_MEAN, Layout, load_scenario
 from analysis.markdown import markdown_table
 
 
@@ -39,23 +40,23 @@ def condition(row) -> str:
     return f"distilled from {row['teacher_model']}{suffix}"
 
 
-def sweep_frame(paths: Sequence[str | Path], scenario: str | None = None) -> tuple[pd.DataFrame, str, str]:
+def sweep_frame(paths: Sequence[str | Path], scenario: str | None = None) -> tuple[pd.DataFrame, str, Layout]:
     """Accuracy rows (run × split, derived splits included) with ``condition`` and
-    ``transfer_n``; the scenario and its headline split."""
-    if scenario is None:
-        from analysis.runs import find_runs
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # load_scenario reports incomplete runs
-            found = find_runs(*paths)
-        scenario = "vision" if any(r.task.startswith(("mnist", "toy")) for r in found) else "language"
-    sc = load_scenario(scenario, paths)
+    ``transfer_n``; the scenario (the runs' recorded one, or ``scenario``: only its runs) and
+    the layout of its splits (:attr:`Layout.summary` the headline)."""
+    keep = None if scenario is None else (lambda r: r.scenario.name == scenario)
+    sc = load_scenario(scenario or "", paths, keep=keep)
     if sc.frame is None or not len(sc.frame):
-        raise SystemExit(f"no complete runs under {', '.join(map(str, paths))}")
+        which = f" of scenario {scenario!r}" if scenario else ""
+        raise SystemExit(f"no complete runs{which} under {', '.join(map(str, paths))}")
+    kinds = {lay.kind for lay in sc.layouts.values()}
+    if len(kinds) > 1:
+        raise SystemExit(f"runs of scenarios measured differently ({', '.join(sorted({r.scenario.name for r in sc.runs}))})"
+                         f" under {', '.join(map(str, paths))}: give one with --scenario")
     frame = sc.frame[sc.frame["metric"] == "accuracy"].copy()
     frame["condition"] = frame.apply(condition, axis=1)
-    headline = OOD_MEAN if scenario == "vision" else A_MEAN
-    return frame, scenario, headline
+    name = scenario or ", ".join(sorted({r.scenario.name for r in sc.runs}))
+    return frame, name, next(iter(sc.layouts.values()))
 
 
 def size_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,6 +69,7 @@ def size_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["condition", "transfer_n", "split", "mean", "half_width", "n"])
 
 
+HEADLINE_NAMES = {OOD_MEAN: "mean OOD accuracy", A_MEAN: "A-accuracy (mean over attractors_k)"}
 CONTROL = "independent (control: gold labels)"
 SELF = "self-distilled"
 
@@ -125,14 +127,15 @@ def plot(long: pd.DataFrame, split: str, ylabel: str, path: Path) -> None:
 
 
 def write(paths: Sequence[str | Path], out: str | Path, scenario: str | None = None) -> Path:
-    frame, scenario, headline = sweep_frame(paths, scenario)
+    frame, scenario, layout = sweep_frame(paths, scenario)
+    headline = layout.summary
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     long = size_table(frame)
     long.to_csv(out / "transfer_sets.csv", index=False)
-    # vision: the OOD families (a family with a severity sweep by its mean); language: attractors_k
+    # the OOD families (a family with a severity sweep by its mean), or attractors_k
     splits = set(long["split"])
-    if scenario == "vision":
+    if layout.kind != ATTRACTORS:
         components = sorted(s for s in splits if s.endswith("_mean") and s != headline)
         components += sorted(s for s in splits if s not in ("test", headline) and not s.endswith("_mean")
                              and not any(s.startswith(c[: -len("_mean")] + "_s") for c in components))
@@ -141,7 +144,7 @@ def write(paths: Sequence[str | Path], out: str | Path, scenario: str | None = N
     paired = pd.concat([paired_vs(frame, [headline, *components, "test"], ref) for ref in (CONTROL, SELF)],
                        ignore_index=True)
     paired.to_csv(out / "transfer_sets_paired.csv", index=False)
-    name = "mean OOD accuracy" if scenario == "vision" else "A-accuracy (mean over attractors_k)"
+    name = HEADLINE_NAMES[headline]
     plot(long, headline, name, out / "transfer_sets.png")
     lines = [f"# Transfer-set sweep ({scenario})", "",
              f"Runs: {', '.join(f'`{p}`' for p in paths)}. Mean ± 95% CI over seeds (n = seeds); "
@@ -171,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.transfer_sets", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run dirs or sweep folders")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--scenario", choices=("vision", "language"), default=None)
+    parser.add_argument("--scenario", default=None, help="only the runs of this recorded scenario (default: all)")
     args = parser.parse_args(argv)
     print(write(args.runs, args.out, args.scenario))
     return 0

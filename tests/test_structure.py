@@ -8,6 +8,7 @@
   they may not close a cycle either).
 * No source file longer than ``MAX_LINES`` unless its opening line says why.
 * The README's Layout section names every module file of both packages, and no other.
+* No analysis module names a task, a scenario or an architecture (:data:`NAMES_MAY_APPEAR`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("biaskd", "analysis")
@@ -172,3 +174,74 @@ def test_readme_layout_names_every_module_of_the_package(package):
     subpackages = {p.parent.name for p in (ROOT / package).glob("*/__init__.py")}
     missing = {d for d in subpackages if not re.search(rf"\b{d}/", text)}
     assert not missing, f"subpackages of {package}/ the README's Layout does not name: {sorted(missing)}"
+
+
+# -- the analysis names no task, scenario or architecture ---------------------------------------------
+#: analysis modules that may hold such a name as a string, and why. None: a scenario is declared by
+#: its task (conf/task/*.yaml ``bias``) and recorded in each run's meta.json; what is said of a
+#: named scenario or architecture is data beside the code (analysis/reference_claims.yaml: the
+#: paper's claims and their architectures; analysis/labels.yaml: titles and colours; conf/protocol/:
+#: the declared comparisons), so a user's own task is analysed like the shipped ones. Docstrings and
+#: comments may name them (they explain; they decide nothing).
+NAMES_MAY_APPEAR: dict[str, str] = {}
+
+
+def declared_names() -> dict[str, str]:
+    """Every task, scenario and model name the configs declare -> the file that declares it: the
+    ``name`` of conf/task/*.yaml and conf/model/*.yaml, a task's ``bias.scenario``, a recipe's
+    top-level ``scenario`` (conf/experiment/*.yaml), and the ``_lm`` scenario of each task's LM setup."""
+    names = {}
+    for group in ("task", "model", "experiment"):
+        for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
+            spec = yaml.safe_load(path.read_text()) or {}
+            where = str(path.relative_to(ROOT))
+            found = [spec.get("scenario")] if group == "experiment" else [spec.get("name")]
+            if group == "task":
+                found.append((spec.get("bias") or {}).get("scenario"))
+            for name in (n for n in found if isinstance(n, str)):
+                names[name] = where
+                if group != "model":
+                    names[f"{name}_lm"] = where
+    return names
+
+
+def named_in(source: str, names: dict[str, str], filename: str = "<source>") -> list[str]:
+    """``line: 'name' (declared in file)`` for each string constant of ``source`` (docstrings
+    aside) that equals one of ``names``."""
+    tree = ast.parse(source, filename)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [f"{node.lineno}: {node.value!r} (declared in {names[node.value]})" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and node.value in names]
+
+
+def test_the_configs_declare_the_names_the_guard_looks_for():
+    names = declared_names()
+    tasks = {p.stem for p in (ROOT / "conf" / "task").glob("*.yaml")}
+    models = {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")}
+    assert tasks | models <= set(names), sorted(tasks | models - set(names))
+    assert len(names) > len(tasks) + len(models)  # the scenarios too
+
+
+def test_no_analysis_module_names_a_task_a_scenario_or_an_architecture():
+    names = declared_names()
+    offenders = []
+    for path in sorted((ROOT / "analysis").rglob("*.py")):
+        where = str(path.relative_to(ROOT))
+        if where not in NAMES_MAY_APPEAR:
+            offenders += [f"{where}:{hit}" for hit in named_in(path.read_text(), names, where)]
+    assert not offenders, ("the analysis reads the scenario a run recorded, or data beside the code; "
+                           "these name one: " + "; ".join(offenders))
+
+
+def test_the_guard_finds_names_in_code_and_not_in_docstrings():
+    source = '''"""Reads mnist runs."""
+def f(run):
+    """For vision."""
+    if run.task.startswith(("mnist", "other")):
+        return {"lstm": 1}.get(run.model, f"{run.model} vs cnn")
+'''
+    hits = named_in(source, {"mnist": "a.yaml", "vision": "b.yaml", "lstm": "c.yaml", "cnn": "d.yaml"})
+    assert hits == ["4: 'mnist' (declared in a.yaml)", "5: 'lstm' (declared in c.yaml)"]

@@ -10,6 +10,7 @@ The metrics in ``metrics.json`` are computed from the arrays by training's own
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -346,3 +347,14 @@ def make_scenario(
             else:
                 sweep.students[(mode, seed)] = path
     return sweep
+
+
+def rerecord(root: str | os.PathLike, **fields) -> None:
+    """Rewrite every run under ``root`` with ``fields`` in its ``meta.json`` (e.g. another ``task``
+    and the ``scenario`` it recorded), its manifest written anew so the runs stay complete."""
+    for meta in Path(root).rglob(schema.META):
+        run = RunDir(meta.parent)
+        info = json.loads(meta.read_text())
+        run.reset_outcome()
+        run.write_meta({**info, **fields})
+        run.mark_complete()

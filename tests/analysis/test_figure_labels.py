@@ -48,3 +48,34 @@ def test_each_distilled_student_stands_beside_its_independent_control():
     assert order == ["mlp independent (vs cnn teacher)", "mlp distilled from cnn",
                      "mlp independent (vs cnn_gp teacher)", "mlp distilled from cnn_gp",
                      "mlp independent (vs mlp teacher)", "mlp self-distilled"]
+
+
+def test_labels_and_colours_are_data_a_user_extends_without_editing_the_repository(tmp_path):
+    """Scenario titles and architecture colours come from analysis/labels.yaml; a file named by
+    $BIASKD_LABELS adds to them; a name in neither is still shown (by its name; a grey of its own)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import pytest
+
+    from analysis import style
+    from biaskd.errors import ConfigError
+
+    mine = tmp_path / "labels.yaml"
+    mine.write_text("scenarios: {birdsong: 'birdsong: field recordings'}\nmodels: {wavenet: '#112233', cnn: '#000000'}\n")
+    labels = style.load_labels(style.LABELS_FILE, mine)
+    assert labels["models"]["wavenet"] == "#112233" and labels["models"]["cnn"] == "#000000"  # the later file wins
+    assert labels["scenarios"]["birdsong"] == "birdsong: field recordings" and labels["models"]["mlp"]
+    assert style.scenario_label("never_seen_task") == "never seen task"
+    assert style.model_colour("never_seen_model") not in style.MODEL_COLOURS.values()  # a grey, not a listed colour
+    code = "from analysis import style; print(style.model_colour('wavenet'), style.scenario_label('birdsong'))"
+    env = {**os.environ, style.LABELS_ENV: str(mine)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "#112233 birdsong: field recordings"
+    for text, message in [("models: {x: blue}\n", "models.x must be a colour #rrggbb; got 'blue'"),
+                          ("colours: {x: '#000000'}\n", "the labels file has the sections scenarios, models only")]:
+        mine.write_text(text)
+        with pytest.raises(ConfigError, match=f"^{re.escape(f'{mine}: {message}')}$"):
+            style.load_labels(mine)

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from analysis.reference import build_reference, main
-from synthetic import make_scenario
+from synthetic import make_scenario, rerecord
 
 torch.set_num_threads(1)
 
@@ -225,3 +225,73 @@ def test_verdict_rule():
     assert verdict(0.1, 0.01, 2, higher_is_better=True) == "inconclusive (n too small)"  # default min_n = 3
     assert verdict(0.1, 0.01, 2, higher_is_better=True, rule=Rule(min_n=2)) == "reproduced"
     assert verdict(float("nan"), float("nan"), 0, higher_is_better=True) == "not evaluated"
+
+
+# --- scenarios and claims as data ----------------------------------------------------------------------
+def test_a_task_of_a_new_name_is_laid_out_by_its_recorded_measure(tmp_path):
+    """Nothing in the analysis knows the task 'sketches'; its runs recorded the shift measure, so
+    their splits are OOD families with a mean OOD accuracy (not read as attractor splits)."""
+    from analysis.scenario import ATTRACTORS, FAMILIES, OOD_MEAN, load_scenario
+
+    sweep = make_scenario(tmp_path / "runs", "vision", seeds=(0, 1), n=60, n_probe=20)
+    rerecord(sweep.root, task="sketches", scenario={"name": "sketches", "measure": "shift", "headline": "translated"})
+    sc = load_scenario("sketches", [sweep.root])
+    assert sc.layouts["sketches"].kind == FAMILIES and set(sc.layouts["sketches"].families) == {"translated", "scaled"}
+    assert OOD_MEAN in set(sc.frame["split"])
+    rerecord(sweep.root, task="sketches", scenario={"name": "sketches", "measure": "attractors", "headline": "a_accuracy"})
+    assert load_scenario("sketches", [sweep.root]).layouts["sketches"].kind == ATTRACTORS
+
+
+def test_a_scenario_the_claims_do_not_name_gets_its_tables_and_no_verdict(vision_close, tmp_path):
+    sweep = make_sweep_birdsong(tmp_path / "birds")
+    out = tmp_path / "out"
+    assert main(["--vision", str(vision_close.root), "--scenario", "birdsong", str(sweep.root),
+                 "--out", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    assert "## Birdsong scenario" in text and "### Task `birdsong`" in text
+    assert text.index("## Language scenario") < text.index("## Birdsong scenario")  # the claims' scenarios first
+    table = pd.read_csv(out / "birdsong_table.csv")
+    assert {"noisy", "far_field", "OOD mean"} <= set(table["column"])
+    assert not [s for _, s in _verdicts(out) if s == "birdsong"]
+    with pytest.raises(SystemExit):
+        main(["--scenario", "birdsong", "--out", str(out)])  # a name without runs
+
+
+def make_sweep_birdsong(root):
+    from synthetic import make_sweep
+
+    return make_sweep(root, task="birdsong", seeds=(0, 1, 2), steps=())
+
+
+def test_claims_of_a_file_of_ones_own_name_their_scenarios(vision_close, tmp_path):
+    """A claims file of one's own: its scenario is an option of the command, its architectures
+    decide the comparisons, its claims the verdicts."""
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(
+        "scenarios:\n  digits: {biased: cnn, others: [mlp], expected: [[cnn, none, null], [mlp, online, cnn]]}\n"
+        "claims:\n  - {number: 7, scenario: digits, kind: transfer, title: the CNN helps, text: It does.}\n")
+    out = tmp_path / "out"
+    assert main(["--claims", str(claims), "--digits", str(vision_close.root), "--out", str(out)]) == 0
+    assert _verdicts(out) == {(7, "digits"): "reproduced"}
+    text = (out / "README.md").read_text()
+    assert "## Digits scenario" in text and "(7) the CNN helps — digits: reproduced" in text
+    assert "no runs of mlp (online)" in text and "## Vision scenario" not in text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("scenarios: {a: {biased: cnn}}\n", "scenarios.a needs 'biased' (an architecture) and 'others'"),
+    ("scenarios: {a: {biased: cnn, others: [mlp], expected: [[mlp, none]]}}\n", "scenarios.a.expected"),
+    ("scenarios: {a: {biased: cnn, others: [mlp]}}\nclaims: [{number: 1, scenario: a, kind: vibes}]\n",
+     "claims[0].kind must be one of bias, transfer, closeness; got 'vibes'"),
+    ("scenarios: {a: {biased: cnn, others: [mlp]}}\nclaims: [{number: 1, scenario: b, kind: bias}]\n",
+     "claims[0].scenario 'b' is not one of scenarios: a"),
+])
+def test_a_wrong_claims_file_is_one_line_naming_file_and_key(tmp_path, text, message):
+    from analysis.claims import load_reference
+    from biaskd.errors import ConfigError
+
+    path = tmp_path / "claims.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_reference(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
