@@ -14,11 +14,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from biaskd import objectives
-from biaskd.artifacts import config_hash
+from biaskd.record.artifacts import config_hash
 from biaskd.data import transfer
 from biaskd.errors import ConfigError
 from biaskd.modes import mode_named, mode_of
-from biaskd.search import VALIDATION_METRICS
+from biaskd.record.optimized_metric import VALIDATION_METRICS
 TEACHER_OUTPUTS = ("cached", "forward", "online")
 ALPHA_SCHEDULES = ("constant", "linear", "exponential")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -210,14 +210,14 @@ def in_teacher_config(cfg: DictConfig, exc: ConfigError) -> ConfigError:
 # -- keys a command line adds ---------------------------------------------------------------------------
 #: keys something reads that the config tree may leave out: ``+key=value`` adds them
 OPTIONAL_KEYS = (
-    "repair",  # biaskd.train: a run dir that fails verification is set aside and trained anew
+    "repair",  # biaskd.run.train: a run dir that fails verification is set aside and trained anew
     # conf/logger/wandb.yaml's keys, for a logger config that has only wandb.enabled
     "logger.wandb.project", "logger.wandb.entity", "logger.wandb.mode", "logger.wandb.tags",
     "logger.wandb.log_predictions", "logger.wandb.prediction_rows",
 )
 #: nodes open on purpose, whose keys what reads them checks: the teacher's config
 #: (:func:`teacher_config`), the extra eval files (their names are free), the transfer set
-#: (:class:`biaskd.data.transfer.TransferSpec`), the Trainer (:func:`biaskd.preflight.check_trainer`)
+#: (:class:`biaskd.data.transfer.TransferSpec`), the Trainer (:func:`biaskd.run.preflight.check_trainer`)
 OPEN_NODES = ("teacher.overrides", "task.extra_eval", "transfer", "trainer", "hydra")
 #: nodes whose keys are constructor arguments of their ``_target_`` class -> the arguments the
 #: driver passes itself (biaskd.models.build_model, biaskd.data.build.build_data), and keys of

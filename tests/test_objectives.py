@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from biaskd import config as config_mod
-from biaskd.artifacts import RunDir
+from biaskd.record.artifacts import RunDir
 from biaskd.errors import ConfigError
 from biaskd.models.sequence import build_sequence_model
 from biaskd.models.vision import CNN, MLP
@@ -20,8 +20,8 @@ from biaskd.objectives.kd import SoftTargets
 from biaskd.objectives.logits_mse import LogitsMSE
 from biaskd.objectives.relation import Relation
 from biaskd.data.build import build_data
-from biaskd.teachers import teacher_cache
-from biaskd.train import train
+from biaskd.run.teacher import teacher_cache
+from biaskd.run.train import train
 
 RUN_FILES = ["COMPLETE", "meta.json", "config.yaml", "metrics.json", "model.pt", "outputs/test.npz",
              "features/final.npz", "features/step_000000000.npz", "checkpoints/last.ckpt"]

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from biaskd.artifacts import write_manifest as reseal  # a file changed on purpose: the run's manifest follows
+from biaskd.record.artifacts import write_manifest as reseal  # a file changed on purpose: the run's manifest follows
 from biaskd.errors import ArtifactError
 
 from analysis.agreement import agreement_table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from biaskd.artifacts import RunDir
+from biaskd.record.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
 from biaskd.data.datamodule import TaskData
 from biaskd.metrics import split_metrics, teacher_signal
