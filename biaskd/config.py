@@ -355,6 +355,25 @@ def did_you_mean(word: str, candidates, prefix: str = "") -> str:
     return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
+def model_from_conf(name: str, **kwargs: Any):
+    """The model ``conf/model/<name>.yaml`` configures, built with ``kwargs``: what a task supplies
+    (``vocab_size``, ``num_classes``, ``in_shape``, ``lm_head``) and overrides of the file's values.
+    A model is configured in one place, the config tree; the benchmark and the tests build theirs
+    from it, as a run does (:func:`biaskd.models.build_model`)."""
+    import hydra.utils
+
+    from biaskd import PROJECT_ROOT
+
+    folder = PROJECT_ROOT / "conf" / "model"
+    if not (folder / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"no model config {name!r} in conf/model/{did_you_mean(name, known)} "
+                          f"(there: {', '.join(known)})")
+    spec = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"), resolve=True)
+    spec.pop("name", None)
+    return hydra.utils.instantiate({**spec, **kwargs}, _convert_="all")
+
+
 def canonical(cfg: DictConfig) -> DictConfig:
     """Cross-distillation from a teacher with the student's own model config *is*
     self-distillation: name it so, so that a grid over teacher × student × mode runs it once."""

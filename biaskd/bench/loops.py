@@ -189,13 +189,13 @@ def scenario_pair(name: str):
         return data.train, (lambda: MLP()), teacher, 64, None
     if name == "sva":
         from biaskd.data.sva import SVAData
-        from biaskd.models.sequence import build_sequence_model
+        from biaskd.config import model_from_conf
 
         data = SVAData(batch_size=64, seed=0)
         data.setup()
         v = data.vocab_size
-        teacher = build_sequence_model("lstm", v, 2)
-        student = lambda: build_sequence_model("transformer", v, 2)  # noqa: E731
+        teacher = model_from_conf("lstm", vocab_size=v, num_classes=2)
+        student = lambda: model_from_conf("transformer", vocab_size=v, num_classes=2)  # noqa: E731
         return data.train, student, teacher, 64, data.lengths(data.train)
     raise ValueError(name)
 
