@@ -20,9 +20,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from biaskd.errors import ArtifactError, ArtifactWarning
 from biaskd.record import artifacts, schema
 from biaskd.record.artifacts import RunDir
-from biaskd.errors import ArtifactError, ArtifactWarning
 from biaskd.record.schema import Features, SplitOutputs
 from biaskd.scenario import Scenario, of_record as scenario_of_record
 

@@ -14,10 +14,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from biaskd import objectives
-from biaskd.record.artifacts import config_hash
 from biaskd.data import transfer
 from biaskd.errors import ConfigError
 from biaskd.modes import mode_named, mode_of
+from biaskd.record.artifacts import config_hash
 from biaskd.record.optimized_metric import VALIDATION_METRICS
 TEACHER_OUTPUTS = ("cached", "forward", "online")
 ALPHA_SCHEDULES = ("constant", "linear", "exponential")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from biaskd.run import distributed
 from biaskd.data.base import Split, TensorBatches
 from biaskd.errors import ConfigError
+from biaskd.run import distributed
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 300  # a hang fails the test instead of blocking the suite

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import biaskd.run.train
+from biaskd.data.build import build_data
+from biaskd.models import build_model
 from biaskd.record import artifacts
 from biaskd.record.artifacts import RunDir
-from biaskd.models import build_model
-from biaskd.data.build import build_data
 from biaskd.run.predict import predict_logits
 from biaskd.run.rebuild import load_model
 from biaskd.run.train import train

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, TQDM
 from omegaconf import open_dict
 
 from biaskd import config as config_mod
-from biaskd.tools.cli import CONF_DIR
 from biaskd.run.train import configured_callbacks, train
+from biaskd.tools.cli import CONF_DIR
 from tiny import TINY
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from biaskd.record.artifacts import RunDir
 from biaskd.data.base import Split
+from biaskd.data.build import build_data
 from biaskd.errors import ConfigError
 from biaskd.metrics import split_metrics
 from biaskd.models import build_model
@@ -18,7 +18,7 @@ from biaskd.models.sequence import LSTMEncoder
 from biaskd.modules.distill import FrozenTeacher
 from biaskd.modules.lm import LMModule, VerbTargets, lm_scores, verb_logits, verb_prefix
 from biaskd.objectives.kd import SoftTargets
-from biaskd.data.build import build_data
+from biaskd.record.artifacts import RunDir
 from biaskd.run.predict import evaluate
 from biaskd.run.rebuild import load_model
 from biaskd.run.train import train

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from biaskd import config as config_mod
-from biaskd.tools.cli import CONF_DIR
 from biaskd.record.identity import run_name
+from biaskd.tools.cli import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 SVA = ["task=sva", "model=transformer", "model@teacher.model=lstm"]

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from biaskd import config as config_mod
-from biaskd.record.artifacts import RunDir
-from biaskd.errors import ConfigError
 from biaskd.config import model_from_conf
+from biaskd.data.build import build_data
+from biaskd.errors import ConfigError
 from biaskd.models.vision import CNN, MLP
 from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
 from biaskd.objectives import OBJECTIVES, Outputs, build_objective, check_config
@@ -19,7 +19,7 @@ from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
 from biaskd.objectives.logits_mse import LogitsMSE
 from biaskd.objectives.relation import Relation
-from biaskd.data.build import build_data
+from biaskd.record.artifacts import RunDir
 from biaskd.run.teacher import teacher_cache
 from biaskd.run.train import train
 

@@ -14,12 +14,12 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from biaskd.tools import cli as cli_mod
 from biaskd import config as config_mod
-from biaskd.record.artifacts import RunDir
 from biaskd.errors import ArtifactError, ConfigError, StorageError
+from biaskd.record.artifacts import RunDir
 from biaskd.record.sweep import FAILURE_FILE, RUNS_FILE, TRACEBACK_HEAD
 from biaskd.run.train import train
+from biaskd.tools import cli as cli_mod
 
 QUIET = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "threads=1"]
 TINY = ["task=toy", "model=mlp_small", "model@teacher.model=cnn_small", *QUIET]

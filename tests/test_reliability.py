@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from biaskd.errors import ArtifactError, TrainingError
 from biaskd.record import artifacts
 from biaskd.record.artifacts import RunDir
-from biaskd.errors import ArtifactError, TrainingError
 from biaskd.run.rebuild import load_model
 from biaskd.run.train import train
 

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from biaskd.tools.cli import CONF_DIR
 from biaskd.errors import ArtifactError, ConfigError
 from biaskd.record.optimized_metric import last_logged
+from biaskd.tools.cli import CONF_DIR
 
 TINY_SEARCH = """\
 # @package _global_

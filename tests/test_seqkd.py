@@ -14,19 +14,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import biaskd.run.train
-from biaskd.tools.cli import CONF_DIR
-from biaskd.data.build import build_data
 from biaskd import config as config_mod
-from biaskd.record.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
+from biaskd.data.build import build_data
 from biaskd.errors import ConfigError
-from biaskd.models.sequence import LSTMEncoder
 from biaskd.models.decoding import beam_search, closest_to_gold, decode, greedy_decode, sentence_bleu
+from biaskd.models.sequence import LSTMEncoder
 from biaskd.modules.lm import LMModule, mixture_nll, sequence_level_module, shares_of, shift
-from biaskd.run.teacher_sentences import cache_path, is_sequence_level, sequence_level_split, verb_forms
 from biaskd.objectives import OBJECTIVES, check_config, objective_options
+from biaskd.record.artifacts import RunDir
 from biaskd.record.identity import run_name
 from biaskd.run.recipes import check_lm_config
+from biaskd.run.teacher_sentences import cache_path, is_sequence_level, sequence_level_split, verb_forms
+from biaskd.tools.cli import CONF_DIR
 
 # modules are called directly here, without a Trainer to log to
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")

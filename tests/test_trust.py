@@ -11,13 +11,12 @@ import torch
 from omegaconf import OmegaConf
 
 from biaskd import config as config_mod
-
+from biaskd.errors import ArtifactError, ConfigError
 from biaskd.record import artifacts
 from biaskd.record.artifacts import RunDir
-from biaskd.errors import ArtifactError, ConfigError
-from biaskd.tools.rerun import rerun
 from biaskd.run.rebuild import load_model
 from biaskd.run.train import train
+from biaskd.tools.rerun import rerun
 
 ENV = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
 QUIET = ["trainer.enable_progress_bar=false", "threads=1"]

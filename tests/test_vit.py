@@ -8,9 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from biaskd.models.vit import ViT
 from biaskd.objectives import OBJECTIVES, Outputs
 from biaskd.objectives.hard import HardLabels
-from biaskd.models.vit import ViT
 from biaskd.run.train import train
 
 CONF_MODEL = Path(__file__).resolve().parent.parent / "conf" / "model"

@@ -188,8 +188,8 @@ def scenario_pair(name: str):
         teacher = CNN()
         return data.train, (lambda: MLP()), teacher, 64, None
     if name == "sva":
-        from biaskd.data.sva import SVAData
         from biaskd.config import model_from_conf
+        from biaskd.data.sva import SVAData
 
         data = SVAData(batch_size=64, seed=0)
         data.setup()

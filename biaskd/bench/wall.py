@@ -45,8 +45,8 @@ def end_to_end(epochs: int = 100, seeds: tuple[int, ...] = (1, 2)) -> dict:
     sweep's later jobs in one process, reuse it."""
     from hydra import compose, initialize_config_dir
 
-    from biaskd.tools.cli import CONF_DIR
     from biaskd.run.train import train
+    from biaskd.tools.cli import CONF_DIR
 
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import biaskd.run.train"], check=True, capture_output=True)

@@ -18,9 +18,9 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from biaskd.record import artifacts, schema
 from biaskd.data.base import Split
 from biaskd.errors import ArtifactError, TrainingError
+from biaskd.record import artifacts, schema
 
 
 @torch.no_grad()

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from biaskd.record import schema
 from biaskd.errors import ArtifactError
+from biaskd.record import schema
 from biaskd.record.schema import COMPLETE, DIGEST_SUFFIX, FAILED, MANIFEST, TMP_SUFFIX
 
 #: how a person gets a damaged run trained anew (the training command's way out)

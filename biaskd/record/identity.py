@@ -11,15 +11,14 @@ import torch
 from omegaconf import DictConfig
 
 from biaskd import config as config_mod
-
-from biaskd.record import artifacts, schema
-from biaskd.record.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import setup_of
 from biaskd.data.build import absolute
 from biaskd.data.datamodule import TaskData
 from biaskd.modes import mode_of
 from biaskd.objectives import objective_options
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
 from biaskd.record.reproduce import machine_signature
 from biaskd.scenario import declared as declared_scenario
 

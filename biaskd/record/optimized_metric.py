@@ -14,8 +14,8 @@ import csv
 import math
 from pathlib import Path
 
-from biaskd.record import artifacts
 from biaskd.errors import ArtifactError, ConfigError
+from biaskd.record import artifacts
 
 #: the run's per-epoch log, relative to its run dir
 LOG = Path("logs") / "metrics.csv"

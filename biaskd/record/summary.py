@@ -10,7 +10,6 @@ from collections.abc import Iterable
 import pandas as pd
 
 from biaskd import modes
-
 from biaskd.record import artifacts
 from biaskd.record.artifacts import RunDir, teacher_of
 

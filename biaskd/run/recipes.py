@@ -21,8 +21,8 @@ from biaskd.modes import Mode, mode_of
 
 if TYPE_CHECKING:
     from biaskd.data.datamodule import TaskData
-    from biaskd.run.teacher import Teacher
     from biaskd.modules.classifier import ClassifierModule
+    from biaskd.run.teacher import Teacher
 
 
 @dataclass

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from biaskd.record import artifacts
-from biaskd.record.artifacts import RunDir
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ArtifactError
 from biaskd.objectives import Outputs
+from biaskd.record import artifacts
+from biaskd.record.artifacts import RunDir
 from biaskd.run.predict import predict_features_and_logits, predict_logits
 
 log = logging.getLogger("biaskd")

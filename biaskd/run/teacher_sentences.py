@@ -19,13 +19,13 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from biaskd.record import artifacts
 from biaskd.data.base import PAD_ID, Split, concat_splits
 from biaskd.errors import ArtifactError, ConfigError
 from biaskd.models.decoding import Forced, closest_to_gold, decode
 from biaskd.modules.lm import uses_gold
 from biaskd.objectives import objective_class
 from biaskd.objectives.seqkd import SequenceLevelKD
+from biaskd.record import artifacts
 
 log = logging.getLogger("biaskd")
 

@@ -19,11 +19,6 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from biaskd import config as config_mod
-
-from biaskd.record import artifacts, schema
-
-from biaskd.run import distributed, preflight, versus_teacher
-from biaskd.record.artifacts import RunDir
 from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import Split, TensorBatches, is_lm
 from biaskd.data.build import absolute, build_data
@@ -34,13 +29,16 @@ from biaskd.modes import mode_of
 from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, LogInCheckpoint, RunLogger,
                                      TrainingPathRecorder, batched_features)
 from biaskd.modules.lm import verb_prefix
-from biaskd.run.predict import evaluate, transfer_signal
 from biaskd.quiet import quiet_libraries
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
+from biaskd.record.identity import run_dir_for, run_meta
+from biaskd.record.sweep import duration
+from biaskd.run import distributed, preflight, versus_teacher
+from biaskd.run.predict import evaluate, transfer_signal
 from biaskd.run.rebuild import load_model
 from biaskd.run.recipes import Parts, Recipe, recipe_for
 from biaskd.run.teacher import Teacher
-from biaskd.record.identity import run_dir_for, run_meta
-from biaskd.record.sweep import duration
 from biaskd.run.trust import checked_complete, keep_csv_log, resume_checkpoint
 
 log = logging.getLogger("biaskd")

@@ -29,17 +29,17 @@ import torch
 from omegaconf import DictConfig
 
 from biaskd import config as config_mod
-from biaskd.record.artifacts import RunDir
 from biaskd.data.base import Split
-from biaskd.errors import ArtifactError
-from biaskd.pairwise import from_logits, js_divergence, linear_cka, top1_agreement
-from biaskd.modules.callbacks import batched_features
 from biaskd.data.base import is_lm
+from biaskd.errors import ArtifactError
 from biaskd.modes import mode_of
+from biaskd.modules.callbacks import batched_features
 from biaskd.modules.lm import lm_scores
+from biaskd.pairwise import from_logits, js_divergence, linear_cka, top1_agreement
+from biaskd.record.artifacts import RunDir
+from biaskd.record.identity import run_dir_for
 from biaskd.run.predict import predict_logits
 from biaskd.run.rebuild import load_model
-from biaskd.record.identity import run_dir_for
 
 @dataclass
 class TeacherComparison:

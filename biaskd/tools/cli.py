@@ -91,9 +91,9 @@ class SummaryCallback(Callback):
         self.job_started = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        from biaskd.run import distributed
         from biaskd.record import sweep
         from biaskd.record.summary import summary_line
+        from biaskd.run import distributed
 
         if not distributed.is_main():
             return  # one job, however many processes train it: rank 0 reports it
@@ -126,8 +126,8 @@ class SummaryCallback(Callback):
                 print(line, file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from biaskd.run import distributed
         from biaskd.record import sweep
+        from biaskd.run import distributed
 
         if not distributed.is_main():
             return

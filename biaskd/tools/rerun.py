@@ -18,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from biaskd.record import artifacts
 from biaskd.errors import ArtifactError, BiaskdError
+from biaskd.record import artifacts
 
 
 def rerun(run_dir: str | Path, runs_dir: str | Path, data_dir: str | Path | None = None):

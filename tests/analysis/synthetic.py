@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import yaml
 
+from biaskd.metrics import split_metrics
 from biaskd.record import schema
 from biaskd.record.artifacts import RunDir
-from biaskd.metrics import split_metrics
 
 SPLITS = {
     "mnist": ("test", "translated", "scaled"),

@@ -10,8 +10,8 @@ import pytest
 
 from biaskd.record import artifacts, schema
 from biaskd.record.artifacts import RunDir
-from biaskd.tools.rerun import main as rerun
 from biaskd.record.summary import summary_line
+from biaskd.tools.rerun import main as rerun
 from faultkit import Killed, cfg, command, error_lines, flip, kill_in_rename, tree
 from tiny import TINY
 

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from analysis.runs import load_run
-from biaskd.record import artifacts, schema
-from biaskd.record.artifacts import RunDir
 from biaskd.errors import ArtifactError
 from biaskd.modules.callbacks import AtomicCheckpointIO
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
 from biaskd.record.optimized_metric import last_logged
 from biaskd.run.train import train
 from biaskd.tools.verify import main as verify

@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
+from biaskd.errors import ArtifactError
 from biaskd.record import artifacts, schema
 from biaskd.record.artifacts import RunDir
-from biaskd.errors import ArtifactError
 from biaskd.run.train import train
 from biaskd.tools.verify import main as verify
 from faultkit import Killed, assert_same_run, cfg, kill_in_rename, tree
