@@ -27,7 +27,7 @@ sys.meta_path.insert(0, _Hide())
 def run_without(tmp_path, modules, *args):
     (tmp_path / "hide").mkdir(exist_ok=True)
     (tmp_path / "hide" / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, HIDE_MODULES=",".join(modules), PYTHONPATH=str(tmp_path / "hide"), WANDB_MODE="offline")
+    env = dict(os.environ, HIDE_MODULES=",".join(modules), PYTHONPATH=os.pathsep.join([str(tmp_path / "hide"), str(REPO)]), WANDB_MODE="offline")
     return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
