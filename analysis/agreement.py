@@ -20,9 +20,9 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
 from biaskd.errors import ArtifactError
-from biaskd.schema import SplitOutputs
+from biaskd.record.schema import SplitOutputs
 # one definition for the training driver (which logs them per run) and the analysis
-from biaskd.measures import LN2, as_array as _as_array, from_logits, js_divergence, top1_agreement
+from biaskd.pairwise import LN2, as_array as _as_array, from_logits, js_divergence, top1_agreement
 
 from analysis.runs import Run, order_splits
 

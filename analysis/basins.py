@@ -8,7 +8,7 @@ self-distillation) or in the one its independent twin finds.
 The functions take a ``model_factory()`` returning a fresh model and an
 ``eval_fn(model) -> (loss, accuracy)``, so any model and any eval data fit; state dicts come
 from :meth:`analysis.runs.Run.state_dict`. :func:`run_linear_path` wires both to two run dirs
-through :func:`biaskd.rebuild.rebuild` (the model and the eval data from the run's config).
+through :func:`biaskd.run.rebuild.rebuild` (the model and the eval data from the run's config).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def run_linear_path(run_a: "Run", run_b: "Run", split: str = "test",
     """
     import torch.nn.functional as F
 
-    from biaskd.rebuild import rebuild  # the training stack, loaded only when a path is asked for
+    from biaskd.run.rebuild import rebuild  # the training stack, loaded only when a path is asked for
 
     if (run_a.task, run_a.model) != (run_b.task, run_b.model):
         raise ArtifactError(f"runs {run_a.run_id} ({run_a.task}/{run_a.model}) and {run_b.run_id} "

@@ -4,7 +4,7 @@ A distilled student is compared with its own teacher; the independent and self-d
 of the same model (same task, transfer inputs and epochs) with that teacher of the same seed, the
 baseline a distilled student should beat. Where a run's ``metrics.json`` holds the measures against
 that very teacher run they are read from it, otherwise they are computed from the saved outputs and
-probe features (:func:`analysis.agreement.agreement_table`, :func:`biaskd.measures.linear_cka`:
+probe features (:func:`analysis.agreement.agreement_table`, :func:`biaskd.pairwise.linear_cka`:
 the definitions the run itself logs), so a sweep whose independent jobs ran before the teacher
 existed still gets them, and so does a rerun in which every job is skipped.
 
@@ -24,8 +24,8 @@ from typing import Callable
 import pandas as pd
 
 from biaskd.errors import ArtifactError
-from biaskd.measures import linear_cka
 from biaskd.modes import MODES, Mode
+from biaskd.pairwise import linear_cka
 
 from analysis import figures, tables
 from analysis.agreement import agreement_table

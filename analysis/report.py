@@ -30,7 +30,7 @@ from typing import Sequence
 import pandas as pd
 
 from biaskd.errors import ArtifactError
-from biaskd.sweep import duration
+from biaskd.record.sweep import duration
 
 from analysis import similarity
 from analysis.markdown import Report, markdown_table  # noqa: F401  (the report's API, re-exported)

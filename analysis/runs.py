@@ -1,7 +1,7 @@
 """Read biaskd run dirs lazily, so a large sweep costs only its small JSON files.
 
-The format is :mod:`biaskd.schema`'s; files are loaded (and checked against the run's manifest)
-by :class:`biaskd.artifacts.RunDir`. :func:`load_run` validates the small files and fails with
+The format is :mod:`biaskd.record.schema`'s; files are loaded (and checked against the run's manifest)
+by :class:`biaskd.record.artifacts.RunDir`. :func:`load_run` validates the small files and fails with
 :class:`ArtifactError` naming the run and file; per-example arrays are read only when asked for
 (:meth:`Run.outputs`, :meth:`Run.features`) and not cached, so iterating over a 50-run sweep
 never holds all their outputs at once. :func:`find_runs` leaves out what it cannot use, with one
@@ -20,10 +20,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from biaskd import artifacts, schema
-from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError, ArtifactWarning
-from biaskd.schema import Features, SplitOutputs
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
+from biaskd.record.schema import Features, SplitOutputs
 from biaskd.scenario import Scenario, of_record as scenario_of_record
 
 #: Columns of :func:`runs_frame` that describe a run (one value per run).
@@ -298,7 +298,7 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def find_runs(*paths: str | os.PathLike, include_failed: bool = False) -> list[Run]:
-    """All run dirs (dirs with meta.json, or any other file that makes one: :func:`biaskd.schema.is_run_dir`)
+    """All run dirs (dirs with meta.json, or any other file that makes one: :func:`biaskd.record.schema.is_run_dir`)
     at or below ``paths``, sorted by path.
     A sweep folder's ``runs.txt`` names its runs (:func:`sweep_run_dirs`).
 

@@ -19,8 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from analysis.runs import load_run
 from biaskd.errors import ArtifactError
-from biaskd.search import last_logged
-from biaskd.sweep import RUN_FILE
+from biaskd.record.optimized_metric import last_logged
+from biaskd.record.sweep import RUN_FILE
 
 RESULTS = "optimization_results.yaml"  # the Optuna sweeper's summary in the sweep folder
 

@@ -19,11 +19,11 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from biaskd.errors import ArtifactError
-from biaskd.schema import Features
+from biaskd.record.schema import Features
 # linear CKA is shared with the training driver, which logs it per run (probe/teacher_cka)
-from biaskd.measures import center as _center, cross_sq as _cross_sq, feature_pair as _as_pair, linear_cka
-from biaskd.measures import hsic_biased as _hsic_biased, linear_cka_gram  # the O(n^2) reference, here too
-from biaskd.measures import ratio_or_nan as _ratio, self_norm as _self_norm
+from biaskd.pairwise import center as _center, cross_sq as _cross_sq, feature_pair as _as_pair, linear_cka
+from biaskd.pairwise import hsic_biased as _hsic_biased, linear_cka_gram  # the O(n^2) reference, here too
+from biaskd.pairwise import ratio_or_nan as _ratio, self_norm as _self_norm
 
 from analysis.runs import Run
 

@@ -1,8 +1,8 @@
 """The summary a multirun leaves in its sweep folder: did the students move toward their teacher?
 
-After a sweep, :class:`biaskd.cli.SummaryCallback` calls :func:`write_summary` (named in the
+After a sweep, :class:`biaskd.tools.cli.SummaryCallback` calls :func:`write_summary` (named in the
 config, ``hydra.callbacks.summary.summarize``). From the sweep's run dirs (listed in ``runs.txt``,
-:mod:`biaskd.sweep`) and their teachers it writes
+:mod:`biaskd.record.sweep`) and their teachers it writes
 
 * ``summary.csv`` -- mean ± 95% CI over seeds per configuration, split and metric; the measures
   against a teacher (agreement, JS, probe CKA) once per teacher, in the ``teacher`` column;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from biaskd.sweep import RUNS_FILE, sweep_runs, write_runs_file
+from biaskd.record.sweep import RUNS_FILE, sweep_runs, write_runs_file
 
 from analysis import tables
 from analysis.controls import (BIAS, DIGITS, METRIC_NAMES, PROBE, TEACHER_METRICS, bias_splits, comparisons,

@@ -14,11 +14,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from biaskd import objectives
-from biaskd.artifacts import config_hash
 from biaskd.data import transfer
 from biaskd.errors import ConfigError
 from biaskd.modes import mode_named, mode_of
-from biaskd.search import VALIDATION_METRICS
+from biaskd.record.artifacts import config_hash
+from biaskd.record.optimized_metric import VALIDATION_METRICS
 TEACHER_OUTPUTS = ("cached", "forward", "online")
 ALPHA_SCHEDULES = ("constant", "linear", "exponential")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -210,14 +210,14 @@ def in_teacher_config(cfg: DictConfig, exc: ConfigError) -> ConfigError:
 # -- keys a command line adds ---------------------------------------------------------------------------
 #: keys something reads that the config tree may leave out: ``+key=value`` adds them
 OPTIONAL_KEYS = (
-    "repair",  # biaskd.train: a run dir that fails verification is set aside and trained anew
+    "repair",  # biaskd.run.train: a run dir that fails verification is set aside and trained anew
     # conf/logger/wandb.yaml's keys, for a logger config that has only wandb.enabled
     "logger.wandb.project", "logger.wandb.entity", "logger.wandb.mode", "logger.wandb.tags",
     "logger.wandb.log_predictions", "logger.wandb.prediction_rows",
 )
 #: nodes open on purpose, whose keys what reads them checks: the teacher's config
 #: (:func:`teacher_config`), the extra eval files (their names are free), the transfer set
-#: (:class:`biaskd.data.transfer.TransferSpec`), the Trainer (:func:`biaskd.preflight.check_trainer`)
+#: (:class:`biaskd.data.transfer.TransferSpec`), the Trainer (:func:`biaskd.run.preflight.check_trainer`)
 OPEN_NODES = ("teacher.overrides", "task.extra_eval", "transfer", "trainer", "hydra")
 #: nodes whose keys are constructor arguments of their ``_target_`` class -> the arguments the
 #: driver passes itself (biaskd.models.build_model, biaskd.data.build.build_data), and keys of
@@ -353,6 +353,25 @@ def did_you_mean(word: str, candidates, prefix: str = "") -> str:
 
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
     return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+def model_from_conf(name: str, **kwargs: Any):
+    """The model ``conf/model/<name>.yaml`` configures, built with ``kwargs``: what a task supplies
+    (``vocab_size``, ``num_classes``, ``in_shape``, ``lm_head``) and overrides of the file's values.
+    A model is configured in one place, the config tree; the benchmark and the tests build theirs
+    from it, as a run does (:func:`biaskd.models.build_model`)."""
+    import hydra.utils
+
+    from biaskd import PROJECT_ROOT
+
+    folder = PROJECT_ROOT / "conf" / "model"
+    if not (folder / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"no model config {name!r} in conf/model/{did_you_mean(name, known)} "
+                          f"(there: {', '.join(known)})")
+    spec = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"), resolve=True)
+    spec.pop("name", None)
+    return hydra.utils.instantiate({**spec, **kwargs}, _convert_="all")
 
 
 def canonical(cfg: DictConfig) -> DictConfig:

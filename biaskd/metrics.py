@@ -1,4 +1,5 @@
-"""Evaluation metrics, as docs/design.md defines them.
+"""Evaluation metrics: one model's outputs against the labels, as docs/design.md defines them. How
+alike two models are (agreement, JS, CKA) is :mod:`biaskd.pairwise`.
 
 Accuracy and ECE come from torchmetrics (ECE: 15 equal-width confidence bins, L1). The
 agreement-specific aggregates are written here because no library has them:

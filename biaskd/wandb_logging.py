@@ -18,7 +18,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from biaskd.artifacts import RunDir
+from biaskd.record.artifacts import RunDir
 
 log = logging.getLogger("biaskd")
 
@@ -116,7 +116,7 @@ def log_predictions(loggers: list, run: RunDir, splits: list[str], data=None, co
     """Per-example predictions of every eval split as W&B tables (first ``max_rows`` rows): the
     input (image thumbnail or sentence, given ``data``), label, prediction and confidence, the
     teacher's prediction and whether the two agree (given a
-    :class:`biaskd.teacher_metrics.TeacherComparison`), and the split's metadata."""
+    :class:`biaskd.run.versus_teacher.TeacherComparison`), and the split's metadata."""
     from lightning.pytorch.loggers import WandbLogger
     import numpy as np
 

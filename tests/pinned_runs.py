@@ -3,7 +3,7 @@
 Their values are recorded in ``tests/pinned/`` (``reference.json``: machine signature, metrics,
 analysis values; ``weights.npz``: every tensor of every run) and compared by
 ``tests/test_pinned.py`` — to the bit on the recording machine, within the tolerances of
-:mod:`biaskd.reproduce` elsewhere.
+:mod:`biaskd.record.reproduce` elsewhere.
 
     python tests/pinned_runs.py --record        # (re)record the reference on this machine
     python tests/pinned_runs.py --spread        # measure the spread across instruction sets
@@ -63,7 +63,7 @@ KERNEL_SETS = [
 
 def train_runs(runs_dir: Path, names=None, extra: list[str] | None = None) -> dict:
     """Train the pinned runs into ``runs_dir``; ``name -> RunDir`` (plus ``teacher``)."""
-    from biaskd.train import train
+    from biaskd.run.train import train
 
     out = {}
     for name in names or RUNS:
@@ -103,7 +103,7 @@ def analysis_values(runs: dict) -> dict[str, float]:
 def collect(runs: dict) -> tuple[dict, dict[str, np.ndarray]]:
     """``(values, weights)``: metrics per run/split, analysis values, the machine signature; and
     every tensor of every run (``run/tensor``)."""
-    from biaskd.artifacts import load_state_dict
+    from biaskd.record.artifacts import load_state_dict
 
     values: dict = {"machine": runs["student"].meta["machine"], "metrics": {}, "n": {}, "analysis": {}}
     weights: dict[str, np.ndarray] = {}
@@ -141,10 +141,10 @@ def _by_run(weights: dict[str, np.ndarray]) -> dict[str, dict]:
 def compare(values: dict, weights: dict[str, np.ndarray], reference: dict, ref_weights: dict[str, np.ndarray],
             names=None, same: bool | None = None):
     """Compare collected values with the reference: bit for bit where the machine signatures
-    match (or ``same=True``), else within :mod:`biaskd.reproduce`'s tolerances."""
+    match (or ``same=True``), else within :mod:`biaskd.record.reproduce`'s tolerances."""
     import torch
 
-    from biaskd import reproduce
+    from biaskd.record import reproduce
 
     if same is None:
         same = reproduce.same_machine(values["machine"], reference["machine"])
@@ -172,7 +172,7 @@ def compare(values: dict, weights: dict[str, np.ndarray], reference: dict, ref_w
 def _spread(kernel_sets) -> dict:
     """Train the runs under each kernel set (a subprocess each) and measure the deviations from
     the first."""
-    from biaskd import reproduce
+    from biaskd.record import reproduce
 
     collected = {}
     for name, env in kernel_sets:

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from biaskd import bench, bench_loops
+from biaskd.bench import loops, tables
 from biaskd.data.base import Split, TensorBatches
 from biaskd.models.vision import MLP
 from biaskd.modules.classifier import ClassifierModule
@@ -147,11 +147,11 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
         teacher = MLP(hidden=(16,))
         return split, (lambda: MLP(hidden=(32,))), teacher, 32, None
 
-    monkeypatch.setattr(bench_loops, "scenario_pair", pair)
-    monkeypatch.setattr(bench, "bench_cka", lambda n, d, repeats: {"ratio": 0.1, "fast_s": 0.01, "naive_s": 0.1,
+    monkeypatch.setattr(loops, "scenario_pair", pair)
+    monkeypatch.setattr(tables, "bench_cka", lambda n, d, repeats: {"ratio": 0.1, "fast_s": 0.01, "naive_s": 0.1,
                                                                       "fast": 0.5, "naive": 0.5, "abs_diff": 0.0,
                                                                       "n": n, "d": d})
-    bench.main(["--quick", "--scenarios", "tiny", "--out", str(tmp_path)])
+    tables.main(["--quick", "--scenarios", "tiny", "--out", str(tmp_path)])
     res = json.loads((tmp_path / "bench.json").read_text())
     for key in ("kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain"):
         r = res["benchmarks"][key]["tiny"]
@@ -163,8 +163,8 @@ def test_run_trainer_has_the_configured_bar_only_when_the_bar_is_enabled(tmp_pat
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.callbacks.progress import ProgressBar
 
-    from biaskd.artifacts import RunDir
-    from biaskd.train import configured_callbacks, make_trainer
+    from biaskd.record.artifacts import RunDir
+    from biaskd.run.train import configured_callbacks, make_trainer
 
     tcfg = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_model_summary": False}
     probe = _split(8)
@@ -180,17 +180,17 @@ def test_round_robin_alternates_the_order_and_pairs_ratios_within_rounds():
     order = []
     calls = {"a": iter([0, 2.0, 4.0, 6.0]), "b": iter([0, 1.0, 1.0, 2.0])}
     contenders = {k: (lambda k=k: order.append(k) or next(calls[k])) for k in calls}
-    out = bench_loops.round_robin(contenders, repeats=3)
+    out = loops.round_robin(contenders, repeats=3)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, round 1, round 2 reversed, round 3
     assert out == {"a": [2.0, 4.0, 6.0], "b": [1.0, 1.0, 2.0]}
-    r = bench_loops.pair_ratio(out["a"], out["b"])
+    r = loops.pair_ratio(out["a"], out["b"])
     assert r["ratio"] == 3.0  # median of 2, 4, 3
     assert r["ratio_of_medians"] == 4.0
 
 
 def test_round_robin_warms_up_with_the_short_version_when_given():
     calls = []
-    out = bench_loops.round_robin({"a": lambda: calls.append("a") or 1.0}, 2,
+    out = loops.round_robin({"a": lambda: calls.append("a") or 1.0}, 2,
                             warmup={"a": lambda: calls.append("a-warm") or 0.0})
     assert calls == ["a-warm", "a", "a"]
     assert out == {"a": [1.0, 1.0]}
@@ -198,18 +198,18 @@ def test_round_robin_warms_up_with_the_short_version_when_given():
 
 def test_round_robin_keeps_neighbours_neighbours():
     order = []
-    bench_loops.round_robin({k: (lambda k=k: order.append(k) or 1.0) for k in "abc"}, repeats=3)
+    loops.round_robin({k: (lambda k=k: order.append(k) or 1.0) for k in "abc"}, repeats=3)
     assert "".join(order) == "abc" + "abc" + "cba" + "abc"  # warm-up, then A B B A
 
 
 def test_measurement_split_takes_a_seeded_subset_only_when_an_epoch_is_longer_than_asked():
     split = _split(100)
     lengths = torch.arange(100)
-    sub, sub_len = bench_loops.measurement_split(split, lengths, 10, 1, 5)
+    sub, sub_len = loops.measurement_split(split, lengths, 10, 1, 5)
     assert len(sub) == 50 and torch.equal(sub_len, sub.ids)  # lengths follow the rows they belong to
-    again, _ = bench_loops.measurement_split(split, lengths, 10, 1, 5)
+    again, _ = loops.measurement_split(split, lengths, 10, 1, 5)
     assert torch.equal(sub.ids, again.ids)
-    whole, whole_len = bench_loops.measurement_split(split, lengths, 10, 1, 20)  # 10 steps an epoch: all of it
+    whole, whole_len = loops.measurement_split(split, lengths, 10, 1, 20)  # 10 steps an epoch: all of it
     assert whole is split and whole_len is lengths
 
 

@@ -5,7 +5,7 @@ from omegaconf.errors import ConfigKeyError
 
 from biaskd.config import validate
 from biaskd.errors import ConfigError
-from biaskd.train import train
+from biaskd.run.train import train
 
 
 @pytest.mark.parametrize(
@@ -61,6 +61,6 @@ def test_checking_a_config_does_not_import_the_training_stack():
     import subprocess
     import sys
 
-    code = "import sys, biaskd.config; print(sorted(m for m in ('lightning', 'biaskd.train', 'biaskd.modules.classifier') if m in sys.modules))"
+    code = "import sys, biaskd.config; print(sorted(m for m in ('lightning', 'biaskd.run.train', 'biaskd.modules.classifier') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

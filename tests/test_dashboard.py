@@ -8,9 +8,9 @@ import pytest
 from analysis.agreement import agreement_table
 from analysis.runs import load_run
 from analysis.similarity import linear_cka
-from biaskd.errors import ConfigError
 from biaskd.data.build import build_data
-from biaskd.train import train
+from biaskd.errors import ConfigError
+from biaskd.run.train import train
 from biaskd.wandb_logging import table_inputs
 
 

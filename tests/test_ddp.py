@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from biaskd import distributed
 from biaskd.data.base import Split, TensorBatches
 from biaskd.errors import ConfigError
+from biaskd.run import distributed
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 300  # a hang fails the test instead of blocking the suite
@@ -85,13 +85,13 @@ def hook(tmp_path_factory):
 
 
 def biaskd(args: list[str], runs: Path, hook: Path) -> dict:
-    """``python -m biaskd.cli ARGS runs_dir=RUNS``: its pid, exit status, output and the
+    """``python -m biaskd.tools.cli ARGS runs_dir=RUNS``: its pid, exit status, output and the
     (kind, pid, path) of every write and lock under ``runs``."""
     log = runs.parent / f"{runs.name}.events"
     before = log.read_text().splitlines() if log.exists() else []
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore", BIASKD_TEST_WRITES=str(log),
                PYTHONPATH=os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.Popen([sys.executable, "-m", "biaskd.cli", *args, f"runs_dir={runs}"], cwd=REPO, env=env,
+    p = subprocess.Popen([sys.executable, "-m", "biaskd.tools.cli", *args, f"runs_dir={runs}"], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = p.communicate(timeout=TIMEOUT)
@@ -268,7 +268,7 @@ def test_one_process_needs_no_launch():
 
 
 def test_a_teacher_cannot_start_processes_inside_a_one_process_run(tmp_path):
-    from biaskd.artifacts import RunDir
+    from biaskd.record.artifacts import RunDir
 
     with distributed.run_lock(RunDir(tmp_path / "student")):
         with pytest.raises(ConfigError, match="inside a 1-process run"):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import biaskd.train
-from biaskd import artifacts
-from biaskd.artifacts import RunDir
-from biaskd.models import build_model
+import biaskd.run.train
 from biaskd.data.build import build_data
-from biaskd.predict import predict_logits
-from biaskd.rebuild import load_model
-from biaskd.train import train
+from biaskd.models import build_model
+from biaskd.record import artifacts
+from biaskd.record.artifacts import RunDir
+from biaskd.run.predict import predict_logits
+from biaskd.run.rebuild import load_model
+from biaskd.run.train import train
 
 EXPECTED_FILES = ["COMPLETE", "meta.json", "config.yaml", "metrics.json", "model.pt",
                   "outputs/test.npz", "outputs/shifted.npz", "features/final.npz",
@@ -87,14 +87,14 @@ class TeacherSnapshots(L.Callback):
 
 def test_online_distillation_trains_both(compose_tiny, monkeypatch):
     snapshots = TeacherSnapshots()
-    make_trainer = biaskd.train.make_trainer
+    make_trainer = biaskd.run.train.make_trainer
 
     def make_trainer_with_snapshots(*args, **kwargs):
         trainer = make_trainer(*args, **kwargs)
         trainer.callbacks.append(snapshots)
         return trainer
 
-    monkeypatch.setattr(biaskd.train, "make_trainer", make_trainer_with_snapshots)
+    monkeypatch.setattr(biaskd.run.train, "make_trainer", make_trainer_with_snapshots)
     cfg = compose_tiny("distill=online", "trainer.max_epochs=10")  # 4 classes: chance is 0.25
     run = train(cfg)
     assert run.is_complete and run.meta["distill"] == "online"

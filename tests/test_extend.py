@@ -91,7 +91,7 @@ def user_project(tmp_path):
 def biaskd(project, *args):
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore",
                PYTHONPATH=os.pathsep.join([str(project), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([sys.executable, "-m", "biaskd.cli", *args, f"hydra.searchpath=[file://{project / 'conf'}]",
+    p = subprocess.run([sys.executable, "-m", "biaskd.tools.cli", *args, f"hydra.searchpath=[file://{project / 'conf'}]",
                         "task=toy", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "threads=1",
                         f"runs_dir={project / 'runs'}"], cwd=project, env=env, capture_output=True, text=True,
                        timeout=600)
@@ -191,7 +191,7 @@ def test_own_task_with_its_own_bias_measure_goes_through_training_sweeps_and_eve
         """))
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore",
                PYTHONPATH=os.pathsep.join([str(user_project), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([sys.executable, "-m", "biaskd.cli", "-m", f"hydra.searchpath=[file://{user_project / 'conf'}]",
+    p = subprocess.run([sys.executable, "-m", "biaskd.tools.cli", "-m", f"hydra.searchpath=[file://{user_project / 'conf'}]",
                         "task=stripes", "model=bottleneck", "model@teacher.model=cnn_small", "distill=none,self,cross",
                         "seed=1,2", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "threads=1",
                         "teacher.compare=true", f"runs_dir={user_project / 'runs'}"],

@@ -27,7 +27,7 @@ sys.meta_path.insert(0, _Hide())
 def run_without(tmp_path, modules, *args):
     (tmp_path / "hide").mkdir(exist_ok=True)
     (tmp_path / "hide" / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, HIDE_MODULES=",".join(modules), PYTHONPATH=str(tmp_path / "hide"), WANDB_MODE="offline")
+    env = dict(os.environ, HIDE_MODULES=",".join(modules), PYTHONPATH=os.pathsep.join([str(tmp_path / "hide"), str(REPO)]), WANDB_MODE="offline")
     return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -45,7 +45,7 @@ def test_extras_are_declared_and_dev_installs_them():
 
 def test_training_and_analysis_run_without_wandb_and_submitit(tmp_path):
     p = run_without(tmp_path, ["wandb", "submitit", "hydra_plugins.hydra_submitit_launcher"],
-                    "-m", "biaskd.cli", "task=toy", "model=mlp_small", "distill=cross", "model@teacher.model=cnn_small",
+                    "-m", "biaskd.tools.cli", "task=toy", "model=mlp_small", "distill=cross", "model@teacher.model=cnn_small",
                     "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "threads=1", "runs_dir=runs")
     assert p.returncode == 0, p.stderr[-3000:]
     p = run_without(tmp_path, ["wandb"], "-m", "analysis.report", "runs", "--out", "report")
@@ -60,7 +60,7 @@ def test_wandb_logger_without_wandb_names_the_extra_before_training(compose_tiny
 
 def test_slurm_launcher_without_its_extra_names_it(tmp_path):
     p = run_without(tmp_path, ["submitit", "hydra_plugins.hydra_submitit_launcher"],
-                    "-m", "biaskd.cli", "-m", "hydra/launcher=slurm", "task=toy", "runs_dir=runs")
+                    "-m", "biaskd.tools.cli", "-m", "hydra/launcher=slurm", "task=toy", "runs_dir=runs")
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1] == (
         "error: the SLURM launcher (hydra/launcher=slurm) needs the optional package 'submitit', which is not "
@@ -71,7 +71,7 @@ def test_slurm_launcher_without_its_extra_names_it(tmp_path):
 
 def test_a_search_without_the_optuna_sweeper_names_its_extra(tmp_path):
     p = run_without(tmp_path, ["optuna", "hydra_plugins.hydra_optuna_sweeper"],
-                    "-m", "biaskd.cli", "-m", "hparams_search=sva_linzen_lstm", "runs_dir=runs")
+                    "-m", "biaskd.tools.cli", "-m", "hparams_search=sva_linzen_lstm", "runs_dir=runs")
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1] == (
         "error: hyperparameter search (hparams_search=..., the Optuna sweeper) needs the optional package "

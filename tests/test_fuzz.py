@@ -81,7 +81,7 @@ def base_cfg(tmp_path_factory):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from biaskd.cli import CONF_DIR
+    from biaskd.tools.cli import CONF_DIR
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=["task=toy", "model=mlp_small", "model@teacher.model=cnn_small",

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, TQDM
 from omegaconf import open_dict
 
 from biaskd import config as config_mod
-from biaskd.cli import CONF_DIR
-from biaskd.train import configured_callbacks, train
+from biaskd.run.train import configured_callbacks, train
+from biaskd.tools.cli import CONF_DIR
 from tiny import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_recipes_with_an_independent_control_compare_it_with_the_teacher(experim
 
 def _biaskd(*args, cwd):
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "biaskd.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "biaskd.tools.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -135,7 +135,7 @@ def test_analysis_commands_end_in_one_line_on_a_folder_without_runs(tmp_path, ca
 
 
 def test_parallel_jobs_share_the_cores_instead_of_each_taking_all():
-    from biaskd.cli import threads_per_job
+    from biaskd.tools.cli import threads_per_job
 
     assert threads_per_job(0, 2, 8) == 4 and threads_per_job(0, 3, 8) == 2 and threads_per_job(0, 4, 2) == 1
     assert threads_per_job(0, -1, 8) == 1  # joblib's n_jobs=-1: a job per core

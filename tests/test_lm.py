@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from biaskd.artifacts import RunDir
 from biaskd.data.base import Split
+from biaskd.data.build import build_data
 from biaskd.errors import ConfigError
 from biaskd.metrics import split_metrics
 from biaskd.models import build_model
@@ -18,10 +18,10 @@ from biaskd.models.sequence import LSTMEncoder
 from biaskd.modules.distill import FrozenTeacher
 from biaskd.modules.lm import LMModule, VerbTargets, lm_scores, verb_logits, verb_prefix
 from biaskd.objectives.kd import SoftTargets
-from biaskd.data.build import build_data
-from biaskd.predict import evaluate
-from biaskd.rebuild import load_model
-from biaskd.train import train
+from biaskd.record.artifacts import RunDir
+from biaskd.run.predict import evaluate
+from biaskd.run.rebuild import load_model
+from biaskd.run.train import train
 from tiny import TINY_LM as TINY_LM_2_EPOCHS
 
 # modules are called directly here, without a Trainer to log to
@@ -205,7 +205,7 @@ def test_lm_experiment_recipe_composes_for_both_agreement_tasks(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from biaskd.cli import CONF_DIR
+    from biaskd.tools.cli import CONF_DIR
 
     for task in ("sva", "sva_linzen"):
         GlobalHydra.instance().clear()

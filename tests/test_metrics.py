@@ -65,7 +65,7 @@ class WandbLogger:  # the teacher table is written for loggers of this class nam
 
 
 def test_the_teacher_table_has_a_cka_column_only_with_a_probe_cka():
-    from biaskd.teacher_metrics import TeacherComparison, log_to_wandb
+    from biaskd.run.versus_teacher import TeacherComparison, log_to_wandb
 
     splits = {"test": {"teacher_agreement": 0.9, "teacher_js": 0.05}}
     without, with_probe = WandbLogger(), WandbLogger()

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from biaskd import config as config_mod
-from biaskd.cli import CONF_DIR
-from biaskd.run_record import run_name
+from biaskd.record.identity import run_name
+from biaskd.tools.cli import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 SVA = ["task=sva", "model=transformer", "model@teacher.model=lstm"]
@@ -97,7 +97,7 @@ def test_the_old_spelling_is_refused_in_one_line_naming_the_new(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "biaskd.cli", *args, "task=toy", "runs_dir=runs"], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "biaskd.tools.cli", *args, "task=toy", "runs_dir=runs"], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=300)
 
     p = run("-m", "distill=cross,hints")

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from biaskd import config as config_mod
-from biaskd.artifacts import RunDir
+from biaskd.config import model_from_conf
+from biaskd.data.build import build_data
 from biaskd.errors import ConfigError
-from biaskd.models.sequence import build_sequence_model
 from biaskd.models.vision import CNN, MLP
 from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
 from biaskd.objectives import OBJECTIVES, Outputs, build_objective, check_config
@@ -19,9 +19,9 @@ from biaskd.objectives.hints import Hints
 from biaskd.objectives.kd import SoftTargets
 from biaskd.objectives.logits_mse import LogitsMSE
 from biaskd.objectives.relation import Relation
-from biaskd.data.build import build_data
-from biaskd.teachers import teacher_cache
-from biaskd.train import train
+from biaskd.record.artifacts import RunDir
+from biaskd.run.teacher import teacher_cache
+from biaskd.run.train import train
 
 RUN_FILES = ["COMPLETE", "meta.json", "config.yaml", "metrics.json", "model.pt", "outputs/test.npz",
              "features/final.npz", "features/step_000000000.npz", "checkpoints/last.ckpt"]
@@ -134,8 +134,8 @@ def test_features_and_logits_are_features_and_forward():
     image = torch.randn(5, 1, 8, 8)
     tokens = torch.tensor([[5, 6, 7, 0], [8, 5, 0, 0], [6, 7, 8, 9]])
     models = [(MLP(4, (1, 8, 8), (16,), dropout=0.5), image), (CNN(4, (1, 8, 8), (4,), hidden=8, dropout=0.5), image)]
-    models += [(build_sequence_model(name, vocab_size=12, d_model=8, nhead=2, dim_feedforward=16)
-                if name != "lstm" else build_sequence_model(name, vocab_size=12, d_model=8), tokens)
+    models += [(model_from_conf(name, vocab_size=12, num_classes=2, d_model=8, nhead=2, dim_feedforward=16)
+                if name != "lstm" else model_from_conf(name, vocab_size=12, num_classes=2, d_model=8), tokens)
                for name in ("lstm", "transformer", "universal_transformer")]
     for model, x in models:
         model.eval()

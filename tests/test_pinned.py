@@ -2,7 +2,7 @@
 
 The reference (``tests/pinned/``) was recorded from the code as it was, with the signature of the
 machine that recorded it. On that machine every weight, logit and metric must match to the bit;
-on any other, within the tolerances of :mod:`biaskd.reproduce` (derived from a measured spread
+on any other, within the tolerances of :mod:`biaskd.record.reproduce` (derived from a measured spread
 across instruction sets). A change that alters what a run computes fails either way: the last
 tests make two one-line changes of the training path and show the cross-machine check catches
 them. Re-record after a deliberate change with ``python tests/pinned_runs.py --record``.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import pinned_runs
-from biaskd import reproduce
+from biaskd.record import reproduce
 
 pytestmark = pytest.mark.slow
 

@@ -14,12 +14,12 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from biaskd import cli as cli_mod
 from biaskd import config as config_mod
-from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError, ConfigError, StorageError
-from biaskd.sweep import FAILURE_FILE, RUNS_FILE, TRACEBACK_HEAD
-from biaskd.train import train
+from biaskd.record.artifacts import RunDir
+from biaskd.record.sweep import FAILURE_FILE, RUNS_FILE, TRACEBACK_HEAD
+from biaskd.run.train import train
+from biaskd.tools import cli as cli_mod
 
 QUIET = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "threads=1"]
 TINY = ["task=toy", "model=mlp_small", "model@teacher.model=cnn_small", *QUIET]
@@ -180,9 +180,9 @@ def _fail_seed_2(real):
 
 
 def test_a_run_stopped_by_an_unexpected_exception_is_one_line_and_its_traceback_is_kept(monkeypatch, capsys, tmp_path):
-    import biaskd.train
+    import biaskd.run.train
 
-    monkeypatch.setattr(biaskd.train, "train", _fail_seed_2(biaskd.train.train))
+    monkeypatch.setattr(biaskd.run.train, "train", _fail_seed_2(biaskd.run.train.train))
     status, _, err = run_cli(monkeypatch, capsys, tmp_path, "seed=2")
     assert status == 1
     (line,) = error_lines(err)
@@ -197,9 +197,9 @@ def test_a_run_stopped_by_an_unexpected_exception_is_one_line_and_its_traceback_
 
 
 def test_a_sweep_goes_on_after_a_job_fails_unexpectedly_and_ends_with_its_summary(monkeypatch, capsys, tmp_path):
-    import biaskd.train
+    import biaskd.run.train
 
-    monkeypatch.setattr(biaskd.train, "train", _fail_seed_2(biaskd.train.train))
+    monkeypatch.setattr(biaskd.run.train, "train", _fail_seed_2(biaskd.run.train.train))
     status, out, err = run_cli(monkeypatch, capsys, tmp_path, "-m", "seed=2,1")
     assert status == 1, err  # an exception that is not the project's own
     (line,) = error_lines(err)
@@ -215,7 +215,7 @@ def test_a_sweep_goes_on_after_a_job_fails_unexpectedly_and_ends_with_its_summar
 @pytest.mark.skipif(not NO_GPU, reason="a machine with a GPU runs both jobs")
 def test_a_sweep_with_a_job_this_machine_cannot_run(tmp_path):
     """The user's command: one job asks for a GPU on a CPU machine."""
-    cmd = [sys.executable, "-m", "biaskd.cli", "-m", *TINY, "trainer.accelerator=cpu,gpu", f"runs_dir={tmp_path}"]
+    cmd = [sys.executable, "-m", "biaskd.tools.cli", "-m", *TINY, "trainer.accelerator=cpu,gpu", f"runs_dir={tmp_path}"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore"))
     assert p.returncode == 2, p.stderr[-3000:]

@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from biaskd.cli import CONF_DIR
+from biaskd.tools.cli import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -136,7 +136,10 @@ class _Parsed(Exception):
 def test_every_python_command_the_readme_shows_parses(command, monkeypatch):
     words = _words(command)
     module = importlib.import_module(words[2])
+    if hasattr(module, "__path__"):  # a package: python -m runs its __main__
+        module = importlib.import_module(f"{words[2]}.__main__")
     assert callable(getattr(module, "main", None)), f"{words[2]} has no main()"
+    module = inspect.getmodule(module.main)  # where main is defined (a command's kept name hands over to it)
     if len(words) == 3 or "argparse" not in inspect.getsource(module) or not inspect.signature(module.main).parameters:
         return  # the command named in a sentence, or a main that reads no arguments
     original = argparse.ArgumentParser.parse_args

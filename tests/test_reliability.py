@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from biaskd import artifacts
-from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError, TrainingError
-from biaskd.rebuild import load_model
-from biaskd.train import train
+from biaskd.record import artifacts
+from biaskd.record.artifacts import RunDir
+from biaskd.run.rebuild import load_model
+from biaskd.run.train import train
 
 
 def test_nan_loss_stops_run_and_marks_it_failed(compose_tiny):

@@ -1,4 +1,4 @@
-"""biaskd.reproduce: comparisons on values worked out by hand, and `biaskd.rerun` saying which
+"""biaskd.record.reproduce: comparisons on values worked out by hand, and `biaskd.tools.rerun` saying which
 check it made (bit-identical on one machine, within tolerance on a machine with other kernels)."""
 import os
 import subprocess
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from biaskd import reproduce
-from biaskd.artifacts import RunDir
-from biaskd.train import train
+from biaskd.record import reproduce
+from biaskd.record.artifacts import RunDir
+from biaskd.run.train import train
 
 ENV = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "offline"}
 

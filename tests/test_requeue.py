@@ -10,8 +10,8 @@ import time
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from biaskd.artifacts import RunDir
-from biaskd.cli import CONF_DIR
+from biaskd.record.artifacts import RunDir
+from biaskd.tools.cli import CONF_DIR
 
 JOB = ["-m", "task=toy", "model=mlp_small", "task.n_train=20000", "trainer.max_epochs=8", "seed=1",
        "trainer.enable_progress_bar=false", "threads=1"]
@@ -30,7 +30,7 @@ def test_slurm_jobs_are_requeued_a_bounded_number_of_times():
 
 def _sweep(runs, cwd):
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, "-m", "biaskd.cli", *JOB, f"runs_dir={runs}"], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "biaskd.tools.cli", *JOB, f"runs_dir={runs}"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from biaskd.cli import CONF_DIR
 from biaskd.errors import ArtifactError, ConfigError
-from biaskd.search import last_logged
+from biaskd.record.optimized_metric import last_logged
+from biaskd.tools.cli import CONF_DIR
 
 TINY_SEARCH = """\
 # @package _global_
@@ -83,7 +83,7 @@ def test_an_optuna_search_returns_each_runs_validation_metric_and_keeps_the_best
     conf.mkdir(parents=True)
     (conf / "tiny.yaml").write_text(TINY_SEARCH)
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "biaskd.cli", "-m", "hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+    cmd = [sys.executable, "-m", "biaskd.tools.cli", "-m", "hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
            f"runs_dir={runs}", "trainer.enable_progress_bar=false", "threads=1"]
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -125,7 +125,7 @@ def test_a_search_whose_every_trial_fails_ends_with_one_line_and_status_2(tmp_pa
     conf = tmp_path / "conf" / "hparams_search"
     conf.mkdir(parents=True)
     (conf / "tiny.yaml").write_text(TINY_SEARCH.replace("n_trials: 3", "n_trials: 2"))
-    cmd = [sys.executable, "-m", "biaskd.cli", "-m", "hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+    cmd = [sys.executable, "-m", "biaskd.tools.cli", "-m", "hparams_search=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
            "optimized_metric=valid/los", f"runs_dir={tmp_path / 'runs'}", "trainer.enable_progress_bar=false"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="offline"), timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]

@@ -13,31 +13,20 @@ from torch import nn
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-import biaskd.train
-from biaskd.cli import CONF_DIR
-from biaskd.data.build import build_data
+import biaskd.run.train
 from biaskd import config as config_mod
-from biaskd.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
+from biaskd.data.build import build_data
 from biaskd.errors import ConfigError
+from biaskd.models.decoding import beam_search, closest_to_gold, decode, greedy_decode, sentence_bleu
 from biaskd.models.sequence import LSTMEncoder
-from biaskd.modules.lm import LMModule, mixture_nll, shift
-from biaskd.modules.seqkd import (
-    beam_search,
-    cache_path,
-    closest_to_gold,
-    decode,
-    greedy_decode,
-    is_sequence_level,
-    sentence_bleu,
-    sequence_level_module,
-    sequence_level_split,
-    shares_of,
-    verb_forms,
-)
+from biaskd.modules.lm import LMModule, mixture_nll, sequence_level_module, shares_of, shift
 from biaskd.objectives import OBJECTIVES, check_config, objective_options
-from biaskd.run_record import run_name
-from biaskd.recipes import check_lm_config
+from biaskd.record.artifacts import RunDir
+from biaskd.record.identity import run_name
+from biaskd.run.recipes import check_lm_config
+from biaskd.run.teacher_sentences import cache_path, is_sequence_level, sequence_level_split, verb_forms
+from biaskd.tools.cli import CONF_DIR
 
 # modules are called directly here, without a Trainer to log to
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -430,7 +419,7 @@ def test_seqkd_config_validates_in_the_lm_setup_only(compose_tiny, tmp_path):
         with pytest.raises(ConfigError, match=r"seqkd.*task\.setup=lm"):
             config_mod.validate(compose_tiny(*overrides))
     with pytest.raises(ConfigError, match="task.setup=lm"):
-        biaskd.train.train(compose_tiny("distill=cross", "objective=seqkd"))
+        biaskd.run.train.train(compose_tiny("distill=cross", "objective=seqkd"))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("COMPLETE"))
     # options are checked and named
     for bad, key in (("distill.seqkd.beam_width=0", "beam_width"), ("distill.seqkd.prompt=subject", "prompt"),
@@ -483,9 +472,9 @@ def test_sequence_level_module_trains_the_student_without_a_teacher(compose_tiny
 # -- end to end -------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_seqkd_lm_run_end_to_end(compose_tiny):
-    """LSTM teacher -> causal Transformer student with objective=seqkd through biaskd.train.train."""
+    """LSTM teacher -> causal Transformer student with objective=seqkd through biaskd.run.train.train."""
     cfg = compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", "distill.seqkd.beam_width=2")
-    run = biaskd.train.train(cfg)
+    run = biaskd.run.train.train(cfg)
     meta = run.meta
     assert meta["setup"] == "lm" and meta["objective"] == "seqkd" and meta["teacher_model"] == "lstm"
     assert meta["objective_options"] == {"beam_width": 2, "prompt": "verb", "prompt_tokens": 2, "verb": "candidates",
@@ -498,7 +487,7 @@ def test_seqkd_lm_run_end_to_end(compose_tiny):
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     # a Seq-Inter student of the same teacher reads the same generated sequences
-    inter = biaskd.train.train(compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", "distill.seqkd.beam_width=2",
+    inter = biaskd.run.train.train(compose_tiny(*TINY_LM, "distill=cross", "objective=seqkd", "distill.seqkd.beam_width=2",
                                             "distill.seqkd.mix=interpolate"))
     assert inter.path != run.path and RunDir(inter.path).is_complete
     assert sorted((run.teacher_dir / "teacher_cache").glob("seqkd-*.npz")) == cached

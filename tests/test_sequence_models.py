@@ -5,14 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from biaskd.config import model_from_conf
 from biaskd.errors import ConfigError
-from biaskd.models.sequence import (
-    MODELS,
-    LSTMEncoder,
-    TransformerEncoderModel,
-    UniversalTransformer,
-    build_sequence_model,
-)
+from biaskd.models.sequence import LSTMEncoder, TransformerEncoderModel, UniversalTransformer
 
 V = 23
 TINY = {
@@ -36,7 +31,7 @@ def one_thread():
 
 def tiny(name, **kw):
     torch.manual_seed(0)
-    return build_sequence_model(name, V, 3, lm_head=True, **{**TINY[name], **kw}).eval()
+    return model_from_conf(name, vocab_size=V, num_classes=3, lm_head=True, **{**TINY[name], **kw}).eval()
 
 
 def batch():
@@ -48,7 +43,7 @@ def batch():
     return x
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(TINY))
 def test_shapes(name):
     m = tiny(name)
     x = batch()
@@ -60,7 +55,7 @@ def test_shapes(name):
     assert m.input_kind == "tokens"
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("grad", [True, False])
 def test_padding_invariance(name, grad):
     m = tiny(name)
@@ -131,30 +126,30 @@ def test_universal_transformer_shares_weights_across_steps():
 
 
 def test_tied_embeddings_and_heads():
-    m = build_sequence_model("lstm", V, 2, d_model=16, tie_embeddings=True)
+    m = model_from_conf("lstm", vocab_size=V, num_classes=2, d_model=16, tie_embeddings=True)
     assert m.lm_head.weight is m.embedding.weight
     with pytest.raises(ConfigError, match="tie_embeddings"):
         LSTMEncoder(V, 2, d_model=16, embedding_dim=8, tie_embeddings=True)
     with pytest.raises(ConfigError, match="lm_head=True"):
         LSTMEncoder(V, 2, d_model=16).lm_logits(batch())
-    lm_only = build_sequence_model("transformer_seq", V, 0, lm_head=True, **TINY["transformer_seq"])
+    lm_only = model_from_conf("transformer_seq", vocab_size=V, num_classes=0, lm_head=True, **TINY["transformer_seq"])
     assert lm_only.classifier is None and lm_only.lm_logits(batch()).shape == (5, 9, V)
     with pytest.raises(ConfigError, match="num_classes=0"):
         lm_only(batch())
 
 
-def test_factory_sizes_and_errors():
-    small = build_sequence_model("transformer", 50, 2, size="small")
+def test_models_built_from_their_configs_and_errors():
+    small = model_from_conf("transformer", vocab_size=50, num_classes=2)
     assert small.feature_dim == 128 and len(small.layers) == 2 and small.layers[0].self_attn.num_heads == 4
-    assert build_sequence_model("lstm", 50, 2, size="small").lstm.hidden_size == 256
-    assert build_sequence_model("lstm", 50, 2, size="small", d_model=64).lstm.hidden_size == 64
-    assert build_sequence_model("universal_transformer_seq", 50, 2, size="base").causal
-    assert not build_sequence_model("universal_transformer", 50, 2).causal
-    assert build_sequence_model("transformer", 50, 2, pooling="mean").features(batch()).shape == (5, 128)
-    with pytest.raises(ConfigError, match="unknown sequence model"):
-        build_sequence_model("gru", 50, 2)
-    with pytest.raises(ConfigError, match="unknown size"):
-        build_sequence_model("lstm", 50, 2, size="huge")
+    assert model_from_conf("lstm", vocab_size=50).lstm.hidden_size == 256
+    assert model_from_conf("lstm", vocab_size=50, d_model=64).lstm.hidden_size == 64  # overrides the file
+    assert model_from_conf("lstm_base", vocab_size=50).lstm.num_layers == 2
+    assert model_from_conf("universal_transformer_seq", vocab_size=50).causal
+    assert not model_from_conf("universal_transformer", vocab_size=50).causal
+    assert len(model_from_conf("transformer_base", vocab_size=50).layers) == 6
+    assert model_from_conf("transformer", vocab_size=50, pooling="mean").features(batch()).shape == (5, 128)
+    with pytest.raises(ConfigError, match="no model config 'gru'"):
+        model_from_conf("gru", vocab_size=50)
     with pytest.raises(ConfigError, match="divisible"):
         TransformerEncoderModel(50, 2, d_model=10, nhead=3)
     with pytest.raises(ValueError, match="max_len"):
@@ -176,7 +171,7 @@ def toy_agreement(n=256, seed=0):
 @pytest.mark.parametrize("name", ["lstm", "transformer", "universal_transformer_seq"])
 def test_a_few_steps_reduce_the_loss(name):
     torch.manual_seed(0)
-    m = build_sequence_model(name, V, 2, dropout=0.0, **TINY[name])
+    m = model_from_conf(name, vocab_size=V, num_classes=2, dropout=0.0, **TINY[name])
     x, y = toy_agreement()
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     losses = []
@@ -191,7 +186,8 @@ def test_a_few_steps_reduce_the_loss(name):
 
 def test_lm_training_reduces_next_token_loss():
     torch.manual_seed(0)
-    m = build_sequence_model("lstm", V, 0, lm_head=True, tie_embeddings=True, d_model=16, dropout=0.0)
+    m = model_from_conf("lstm", vocab_size=V, num_classes=0, lm_head=True, tie_embeddings=True, d_model=16,
+                        dropout=0.0)
     x, _ = toy_agreement()
     for t in range(1, x.size(1)):  # each token is a function of the previous one
         x[:, t] = torch.where(x[:, t] != 0, (x[:, t - 1] % (V - 3)) + 3, 0)

@@ -6,8 +6,12 @@
 * No import cycle among the modules of both packages, imports inside functions included (those
   put off an import until it is needed, e.g. the recipes' training stack or the CLI's driver;
   they may not close a cycle either).
+* biaskd's layers import downwards only (``NEVER_IMPORTS``): the record never imports the run
+  lifecycle, neither imports the command-line tools, nothing but the benchmarks imports the
+  benchmarks; a top-level module that keeps a command's name only hands over to its tool.
 * No source file longer than ``MAX_LINES`` unless its opening line says why.
-* The README's Layout section names every module file of both packages, and no other.
+* The README's Layout section names every module file of both packages (of biaskd's layers too:
+  ``LISTED_SUBPACKAGES``), and no other.
 * No analysis module names a task, a scenario or an architecture (:data:`NAMES_MAY_APPEAR`).
 """
 from __future__ import annotations
@@ -21,14 +25,33 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("biaskd", "analysis")
 
-#: the biaskd modules analysis may import: errors, the run-dir format and its reader, metric
-#: and measure definitions, the sweep folder's format and a search's objective, the rebuild of a finished run (the one
-#: way into models and data), OOD transform names, optional extras and the W&B mode
+#: the biaskd modules analysis may import: errors; the record (the run-dir format and its reader, the
+#: sweep folder's format, a search's objective); metric and pairwise-measure definitions; the rebuild
+#: of a finished run (the one way into models and data), OOD transform names, optional extras, the
+#: W&B mode, scenarios and modes
 ANALYSIS_MAY_IMPORT = {
-    "biaskd", "biaskd.errors", "biaskd.schema", "biaskd.artifacts", "biaskd.metrics", "biaskd.measures",
-    "biaskd.sweep", "biaskd.rebuild", "biaskd.data.ood", "biaskd.extras", "biaskd.wandb_logging", "biaskd.search",
-    "biaskd.scenario", "biaskd.modes",
+    "biaskd", "biaskd.errors", "biaskd.record", "biaskd.record.schema", "biaskd.record.artifacts",
+    "biaskd.record.sweep", "biaskd.record.optimized_metric", "biaskd.metrics", "biaskd.pairwise",
+    "biaskd.run.rebuild", "biaskd.data.ood", "biaskd.extras", "biaskd.wandb_logging", "biaskd.scenario", "biaskd.modes",
 }
+
+#: the layers of biaskd/ (docs/design.md, "Layout"): each subpackage -> the subpackages it never
+#: imports. The record is plain code under the run lifecycle; the tools start runs, never the reverse;
+#: the benchmarks are on top of everything.
+NEVER_IMPORTS = {
+    "biaskd.record": ("biaskd.run", "biaskd.tools", "biaskd.bench"),
+    "biaskd.run": ("biaskd.tools", "biaskd.bench"),
+    "biaskd.tools": ("biaskd.bench",),
+}
+
+#: top-level modules that only keep a command's name (``python -m biaskd.rerun``, the console script
+#: ``biaskd.cli:main`` of an earlier install): each imports its tool and nothing else
+COMMAND_NAMES = {"biaskd.cli": "biaskd.tools.cli", "biaskd.rerun": "biaskd.tools.rerun",
+                 "biaskd.verify": "biaskd.tools.verify"}
+
+#: biaskd's own subpackages whose every module file the README's Layout names (the others are
+#: named as folders: one file per model, objective, mode, task)
+LISTED_SUBPACKAGES = ("run", "record", "tools", "bench")
 
 
 def module_files() -> dict[str, Path]:
@@ -103,8 +126,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "biaskd.rebuild" in graph["analysis.basins"]  # imported inside a function there
-    assert "biaskd.train" in graph["biaskd.cli"]  # likewise
+    assert "biaskd.run.rebuild" in graph["analysis.basins"]  # imported inside a function there
+    assert "biaskd.run.train" in graph["biaskd.tools.cli"]  # likewise
 
 
 def test_training_code_never_imports_the_analysis():
@@ -118,6 +141,33 @@ def test_analysis_reaches_training_code_only_through_plain_modules():
                        if mod.startswith("analysis") for dep in deps
                        if dep.split(".")[0] == "biaskd" and dep not in ANALYSIS_MAY_IMPORT)
     assert not offenders, offenders
+
+
+def _within(mod: str, pkg: str) -> bool:
+    return mod == pkg or mod.startswith(pkg + ".")
+
+
+def test_the_layers_of_biaskd_import_downwards_only():
+    graph = import_graph()
+    offenders = sorted(f"{mod} imports {dep}" for pkg, above in NEVER_IMPORTS.items()
+                       for mod, deps in graph.items() if _within(mod, pkg)
+                       for dep in deps if any(_within(dep, a) for a in above))
+    assert not offenders, offenders
+
+
+def test_only_the_commands_import_the_tools_and_only_the_benchmarks_import_the_benchmarks():
+    graph = import_graph()
+    offenders = sorted(f"{mod} imports {dep}" for mod, deps in graph.items() for dep in deps
+                       if (_within(dep, "biaskd.tools") and not _within(mod, "biaskd.tools")
+                           and not _within(mod, "biaskd.bench") and mod not in COMMAND_NAMES)
+                       or (_within(dep, "biaskd.bench") and not _within(mod, "biaskd.bench")))
+    assert not offenders, offenders
+
+
+def test_a_command_name_only_hands_over_to_its_tool():
+    graph = import_graph()
+    for name, tool in COMMAND_NAMES.items():
+        assert graph[name] == {tool}, f"{name} imports {sorted(graph[name])}, only {tool} expected"
 
 
 def test_no_import_cycle_among_the_modules():
@@ -168,7 +218,8 @@ def test_readme_layout_names_every_module_of_the_package(package):
 
     text = layout_section()[package]
     named = set(re.findall(r"\b([a-z_][a-z0-9_]*\.py)\b", text))
-    files = {p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"}
+    listed = [ROOT / package] + [ROOT / package / sub for sub in LISTED_SUBPACKAGES if package == "biaskd"]
+    files = {p.name for folder in listed for p in folder.glob("*.py") if p.name != "__init__.py"}
     assert not files - named, f"in {package}/ but not in the README's Layout: {sorted(files - named)}"
     assert not named - files, f"in the README's Layout under {package}/ but not there: {sorted(named - files)}"
     subpackages = {p.parent.name for p in (ROOT / package).glob("*/__init__.py")}

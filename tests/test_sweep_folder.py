@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from biaskd.artifacts import RunDir
-from biaskd.sweep import duration
+from biaskd.record.artifacts import RunDir
+from biaskd.record.sweep import duration
 
 TINY = ["task=toy", "model=mlp_small", "model@teacher.model=cnn_small", "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false", "threads=1"]
@@ -30,7 +30,7 @@ def run(args, cwd, **env):
 def sweep(tmp_path_factory):
     """4 jobs: independent and cross-distilled MLP x 2 seeds (the independent one compared with its teacher)."""
     cwd = tmp_path_factory.mktemp("sweep")
-    out, err = run(["-m", "biaskd.cli", "-m", *TINY, "distill=none,cross", "seed=1,2", "teacher.compare=true",
+    out, err = run(["-m", "biaskd.tools.cli", "-m", *TINY, "distill=none,cross", "seed=1,2", "teacher.compare=true",
                     "runs_dir=runs"], cwd)
     (folder,) = (cwd / "runs" / "_hydra").glob("*_multirun")
     return cwd, folder, out, err
@@ -107,7 +107,7 @@ def _as_if_only(folder, tmp_path, done):
 
 
 def test_the_estimate_of_time_left_counts_the_teachers_still_to_train(sweep, tmp_path):
-    from biaskd.sweep import progress_line, teachers_left
+    from biaskd.record.sweep import progress_line, teachers_left
 
     _, folder, _, _ = sweep
     started = (folder / "multirun.yaml").stat().st_mtime
@@ -124,7 +124,7 @@ def test_the_estimate_of_time_left_counts_the_teachers_still_to_train(sweep, tmp
 
 
 def test_a_job_s_teacher_is_told_apart_by_the_overrides_that_choose_it():
-    from biaskd.sweep import _teacher_key
+    from biaskd.record.sweep import _teacher_key
 
     base = {"model": "mlp", "model@teacher.model": "cnn", "distill": "none", "teacher.compare": "auto"}
     key = lambda *o: _teacher_key(frozenset(o), base)  # noqa: E731
@@ -141,8 +141,8 @@ def test_durations_read_as_a_person_writes_them():
 
 
 def test_the_summary_callback_writes_the_summary_it_is_given_and_the_run_list_without_one(tmp_path):
-    from biaskd import sweep
-    from biaskd.cli import SummaryCallback
+    from biaskd.record import sweep
+    from biaskd.tools.cli import SummaryCallback
 
     run_dir = tmp_path / "runs" / "a-run"
     sweep.record_job(tmp_path / "sweep" / "0", run_dir)
@@ -168,8 +168,8 @@ def test_summary_compares_each_student_with_the_teacher_it_is_a_control_for(comp
     from analysis.controls import load_sweep, teacher_measures
     from analysis.runs import load_run
     from analysis.sweep_summary import write_summary
-    from biaskd import sweep as sweep_mod
-    from biaskd.train import train
+    from biaskd.record import sweep as sweep_mod
+    from biaskd.run.train import train
 
     folder = tmp_path / "sweep"
     job = 0

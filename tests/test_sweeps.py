@@ -10,14 +10,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from biaskd.artifacts import RunDir
-from biaskd.cli import CONF_DIR
+from biaskd.record.artifacts import RunDir
+from biaskd.tools.cli import CONF_DIR
 
 QUIET = ["trainer.enable_progress_bar=false", "threads=1"]
 
 
 def biaskd(*args, runs_dir, **kw):
-    cmd = [sys.executable, "-m", "biaskd.cli", *args, f"runs_dir={runs_dir}", *QUIET]
+    cmd = [sys.executable, "-m", "biaskd.tools.cli", *args, f"runs_dir={runs_dir}", *QUIET]
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kw)
 

@@ -10,15 +10,15 @@ import torch
 from omegaconf import OmegaConf
 
 from biaskd import config as config_mod
-from biaskd.artifacts import load_npz
 from biaskd.data import transfer as T
 from biaskd.data.base import PAD_ID, Split, concat_splits, content_hashes
+from biaskd.data.build import build_data
 from biaskd.data.ood import random_pose
 from biaskd.data.sva import POOL_ID_STRIDE, SVAData, read_numpred
 from biaskd.errors import ConfigError
 from biaskd.losses import UNLABELLED
-from biaskd.data.build import build_data
-from biaskd.train import train
+from biaskd.record.artifacts import load_npz
+from biaskd.run.train import train
 
 LINZEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "linzen"
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from biaskd import artifacts, config as config_mod
-from biaskd.artifacts import RunDir
+from biaskd import config as config_mod
 from biaskd.errors import ArtifactError, ConfigError
-from biaskd.rerun import rerun
-from biaskd.rebuild import load_model
-from biaskd.train import train
+from biaskd.record import artifacts
+from biaskd.record.artifacts import RunDir
+from biaskd.run.rebuild import load_model
+from biaskd.run.train import train
+from biaskd.tools.rerun import rerun
 
 ENV = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
 QUIET = ["trainer.enable_progress_bar=false", "threads=1"]
@@ -84,7 +85,7 @@ def test_manifest_lists_every_artifact(compose_tiny):
 
 def test_bit_flip_in_model_file_is_caught_everywhere(compose_tiny, tmp_path):
     from analysis.runs import load_run
-    from biaskd.verify import main as verify_main
+    from biaskd.tools.verify import main as verify_main
 
     cfg = compose_tiny()
     run = train(cfg)
@@ -149,7 +150,7 @@ def test_files_get_the_umask_permissions(tmp_path):
 
 # -- one writer per run dir; logs across a resume -----------------------------------------------------
 def _biaskd(args, runs):
-    cmd = [sys.executable, "-m", "biaskd.cli", *args, f"runs_dir={runs}", *QUIET]
+    cmd = [sys.executable, "-m", "biaskd.tools.cli", *args, f"runs_dir={runs}", *QUIET]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
 
 
@@ -176,7 +177,7 @@ class _Stop(Exception):
 def test_interrupted_and_resumed_run_has_the_same_log_and_weights(compose_tiny, tmp_path, monkeypatch):
     import lightning as L
 
-    import biaskd.train as train_mod
+    import biaskd.run.train as train_mod
 
     args = ("trainer.max_epochs=3", "trainer.log_every_n_steps=2")
     whole = train(compose_tiny(*args, runs_dir=tmp_path / "whole"))
@@ -237,7 +238,7 @@ def test_bad_config_names_its_key_before_anything_exists(compose_tiny, tmp_path,
 def test_cli_error_is_one_line_without_traceback(tmp_path, multirun):
     args = ["-m", "distill=cross", "distill.alpha=1.5,0.5", "trainer.max_epochs=1", "task=toy",
             "model=mlp_small", "model@teacher.model=mlp_small"] if multirun else ["distill=cross", "distill.alpha=1.5"]
-    out = subprocess.run([sys.executable, "-m", "biaskd.cli", *args, f"runs_dir={tmp_path}", *QUIET],
+    out = subprocess.run([sys.executable, "-m", "biaskd.tools.cli", *args, f"runs_dir={tmp_path}", *QUIET],
                          capture_output=True, text=True, env=ENV, timeout=300)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr

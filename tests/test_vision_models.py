@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from biaskd.models.vision import CNN, GlobalPoolCNN
-from biaskd.train import train
+from biaskd.run.train import train
 
 CONF_MODEL = Path(__file__).resolve().parent.parent / "conf" / "model"
 

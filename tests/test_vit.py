@@ -8,10 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from biaskd.models.vit import ViT
 from biaskd.objectives import OBJECTIVES, Outputs
 from biaskd.objectives.hard import HardLabels
-from biaskd.models.vit import ViT
-from biaskd.train import train
+from biaskd.run.train import train
 
 CONF_MODEL = Path(__file__).resolve().parent.parent / "conf" / "model"
 

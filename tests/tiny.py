@@ -2,7 +2,7 @@
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from biaskd.cli import CONF_DIR
+from biaskd.tools.cli import CONF_DIR
 
 #: overrides that make any run tiny and quiet
 TINY = [

@@ -17,7 +17,7 @@ class Mode:
     #: the family its runs are drawn in by the analysis (analysis.style: a hue per kind)
     kind: ClassVar[str]
     #: how the teacher is obtained: None (no teacher), ``"trained"`` (a teacher run of its own, found
-    #: or trained first: :func:`biaskd.train.ensure_teacher`) or ``"online"`` (a fresh model trained
+    #: or trained first: :func:`biaskd.run.train.ensure_teacher`) or ``"online"`` (a fresh model trained
     #: alongside the student)
     teacher: ClassVar[str | None] = None
     #: the values of ``distill.teacher_outputs`` it takes
@@ -58,7 +58,7 @@ class Mode:
         raise NotImplementedError
 
     def module(self, p: Any):
-        """The Lightning module of a classification run (``p``: :class:`biaskd.recipes.Parts`): what its step does."""
+        """The Lightning module of a classification run (``p``: :class:`biaskd.run.recipes.Parts`): what its step does."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ class CrossDistillation(Mode):
     def module(self, p):
         from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
         from biaskd.objectives import build_objective, objective_class
-        from biaskd.teachers import teacher_cache
+        from biaskd.run.teacher import teacher_cache
 
         distill = p.cfg.distill
         if distill.teacher_outputs == "cached":

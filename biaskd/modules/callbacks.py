@@ -19,9 +19,9 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from biaskd import artifacts, schema
 from biaskd.data.base import Split
 from biaskd.errors import ArtifactError, TrainingError
+from biaskd.record import artifacts, schema
 
 
 @torch.no_grad()
@@ -134,7 +134,7 @@ def csv_text(columns: list[str], rows: list[dict], header: bool = True) -> str:
 
 class AtomicLogWriter(ExperimentWriter):
     """Lightning's CSV experiment writer, with every save written whole to a temporary file and
-    renamed into place (:func:`biaskd.artifacts.atomic_write`). Lightning's own writer appends,
+    renamed into place (:func:`biaskd.record.artifacts.atomic_write`). Lightning's own writer appends,
     and rewrites the file in place when a column appears (the final evaluation's): a kill there
     left part of the log. The file is the same, byte for byte."""
 

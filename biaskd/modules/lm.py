@@ -1,12 +1,15 @@
 """The language-model setup of the agreement scenario (``task.setup=lm``): next-token training
-alone or with word-level KD, agreement scored at the verb position (the two verb forms'
+alone, with word-level KD or, for sequence-level KD, on a teacher's sentences
+(:mod:`biaskd.run.teacher_sentences` makes them; :func:`sequence_level_module`), agreement scored at the verb position (the two verb forms'
 log-probabilities, ordered like the labels), features before the verb. Details: ``docs/lm-setup.md``.
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,7 +256,7 @@ def mixture_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
 def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, online: bool = False, **optim) -> LMModule:
     """The :class:`LMModule` of an independent (``teacher=None``) or word-level-KD run (a trained
     teacher, or one trained alongside: ``online``). Sequence-level KD:
-    :func:`biaskd.modules.seqkd.sequence_level_module`."""
+    :func:`sequence_level_module`."""
     valid_verbs = VerbTargets.of(data.valid)
     if teacher is None:
         return LMModule(model, valid_verbs=valid_verbs, **optim)
@@ -269,5 +272,46 @@ def lm_module(cfg, model: nn.Module, teacher: nn.Module | None, data, online: bo
         alpha_schedule=cfg.distill.alpha_schedule,
         final_alpha=float(cfg.distill.final_alpha),
         valid_verbs=valid_verbs,
+        **optim,
+    )
+
+
+# -- sequence-level KD: the student of a teacher's sentences (biaskd.run.teacher_sentences) -----------
+def uses_gold(distill: Mapping[str, Any]) -> bool:
+    """Whether α can fall below 1 during training, so gold sentences are trained on too."""
+    alpha = float(distill.get("alpha", 1.0))
+    if distill.get("alpha_schedule", "constant") != "constant":
+        alpha = min(alpha, float(distill.get("final_alpha", 0.0)))
+    return alpha < 1
+
+
+def shares_of(fit: Split, distill: Mapping[str, Any]) -> torch.Tensor:
+    """Each row's share of its sentence in :func:`biaskd.modules.lm.mixture_nll`: ½ for the
+    teacher and the gold row of a labelled sentence when gold rows are trained on, else 1.
+    Raises ValueError when ``fit`` was not built for ``distill``'s α."""
+    if "source" not in fit.meta or "gold_label" not in fit.meta:
+        raise ValueError("not a sequence-level KD split: build it with biaskd.run.teacher_sentences.sequence_level_split()")
+    source, gold_label = np.asarray(fit.meta["source"]), np.asarray(fit.meta["gold_label"])
+    paired = (gold_label >= 0) & uses_gold(distill)
+    if int((source == 0).sum()) != int((paired & (source == 1)).sum()):
+        raise ValueError("the sequence-level KD split does not match distill.alpha (it holds the gold sentences "
+                         "exactly when alpha can fall below 1); build it from the same distill config")
+    return torch.as_tensor(np.where(paired, 0.5, 1.0), dtype=torch.float32)
+
+
+def sequence_level_module(cfg, model: nn.Module, data, fit: Split, **optim) -> LMModule:
+    """The sequence-level KD student's :class:`LMModule`: no teacher (its sentences are ``fit``,
+    built by :func:`biaskd.run.teacher_sentences.sequence_level_split`), next-token CE on them, and when gold sentences are
+    trained on too the α mix of :func:`biaskd.modules.lm.mixture_nll`."""
+    shares = shares_of(fit, cfg.distill)  # checks that fit was built for this alpha
+    mixed = uses_gold(cfg.distill)  # else: plain next-token CE on the teacher's sentences
+    return LMModule(
+        model,
+        alpha=float(cfg.distill.alpha),
+        alpha_schedule=cfg.distill.alpha_schedule,
+        final_alpha=float(cfg.distill.final_alpha),
+        valid_verbs=VerbTargets.of(data.valid),
+        sources=torch.as_tensor(np.asarray(fit.meta["source"]), dtype=torch.long) if mixed else None,
+        shares=shares if mixed else None,
         **optim,
     )

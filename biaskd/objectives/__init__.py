@@ -25,7 +25,7 @@ from biaskd.objectives.seqkd import SequenceLevelKD, not_lm_message
 OUTPUT_OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SoftTargets, LogitsMSE, Hints, Relation, HardLabels,
                                                                          DistillationToken)}
 #: every value of ``distill.objective``: the output objectives and sequence-level KD, which makes
-#: the student's training data instead (:mod:`biaskd.modules.seqkd`)
+#: the student's training data instead (:mod:`biaskd.run.teacher_sentences`)
 OBJECTIVES: dict[str, type] = {**OUTPUT_OBJECTIVES, SequenceLevelKD.name: SequenceLevelKD}
 
 __all__ = ["OBJECTIVES", "OUTPUT_OBJECTIVES", "Objective", "Outputs", "build_objective", "check_config",
@@ -96,7 +96,7 @@ def build_objective(distill: Mapping[str, Any], student: nn.Module, teacher: nn.
     cls = objective_class(distill)
     if not issubclass(cls, Objective):
         raise ConfigError(f"distill.objective={cls.name} is not a loss on the model's outputs; "
-                          f"it trains through biaskd.modules.seqkd")
+                          f"it trains through biaskd.run.teacher_sentences")
     if cls.needs_features:
         for role, model in (("student", student), ("teacher", teacher)):
             if model is not None and not hasattr(model, "features_and_logits"):

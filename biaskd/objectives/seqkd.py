@@ -1,6 +1,6 @@
 """``seqkd``: sequence-level KD for the LM setup (Kim & Rush 2016). Not a loss term on the batch's
 outputs but a way to make the student's training data: it trains with plain next-token
-cross-entropy on sentences the teacher *generates* (:mod:`biaskd.modules.seqkd`). This module
+cross-entropy on sentences the teacher *generates* (:mod:`biaskd.run.teacher_sentences`). This module
 holds only its name and options, so that config validation knows it without the training code.
 """
 from __future__ import annotations

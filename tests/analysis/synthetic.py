@@ -1,5 +1,5 @@
 """Synthetic run dirs for the analysis tests, written by the one writer of the format
-(:class:`biaskd.artifacts.RunDir`) from arrays: per seed a teacher, an independently trained
+(:class:`biaskd.record.artifacts.RunDir`) from arrays: per seed a teacher, an independently trained
 student and distilled students whose logits and features are a controllable mix of the
 teacher's and their own (``closeness`` 0 = independent, 1 = a copy of the teacher).
 
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import yaml
 
-from biaskd import schema
-from biaskd.artifacts import RunDir
 from biaskd.metrics import split_metrics
+from biaskd.record import schema
+from biaskd.record.artifacts import RunDir
 
 SPLITS = {
     "mnist": ("test", "translated", "scaled"),

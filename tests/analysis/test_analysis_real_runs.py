@@ -8,7 +8,7 @@ from analysis.calibration import expected_calibration_error
 from analysis.maps import training_paths
 from analysis.runs import find_runs, runs_frame
 from analysis.similarity import similarity_matrix
-from biaskd.train import train
+from biaskd.run.train import train
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from nbclient import NotebookClient
 
 from analysis.report import build_report, main, markdown_table
-from biaskd.artifacts import write_manifest
+from biaskd.record.artifacts import write_manifest
 from synthetic import make_sweep
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "analysis" / "notebooks" / "walkthrough.ipynb"

@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from biaskd.artifacts import write_manifest as reseal  # a file changed on purpose: the run's manifest follows
 from biaskd.errors import ArtifactError
+from biaskd.record.artifacts import write_manifest as reseal  # a file changed on purpose: the run's manifest follows
 
 from analysis.agreement import agreement_table
 from analysis.runs import FRAME_COLUMNS, find_runs, load_run, runs_frame

@@ -13,7 +13,7 @@ import pytest
 from analysis.maps import training_paths
 from analysis.report import build_report
 from analysis.runs import find_runs, with_teachers
-from biaskd.train import train
+from biaskd.run.train import train
 
 
 @pytest.fixture(scope="module")

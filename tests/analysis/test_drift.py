@@ -8,7 +8,7 @@ from analysis.basins import run_linear_path
 from analysis.report import build_report
 from analysis.runs import load_run
 from analysis.similarity import linear_cka
-from biaskd.train import train
+from biaskd.run.train import train
 
 
 def test_drift_section_measures_start_and_end_against_the_teacher(compose_tiny, tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from biaskd.artifacts import RunDir
-from biaskd.schema import TMP_SUFFIX
+from biaskd.record.artifacts import RunDir
+from biaskd.record.schema import TMP_SUFFIX
 from tiny import TINY, compose_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ class Runs:
 
 
 def train_runs(root: Path) -> Runs:
-    from biaskd.train import train
+    from biaskd.run.train import train
 
     student = train(cfg(root, "student"))
     independent = train(cfg(root, "independent"))  # compared with the student's teacher (teacher.compare=auto)

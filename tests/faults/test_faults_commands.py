@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from biaskd import artifacts, schema
-from biaskd.artifacts import RunDir
-from biaskd.rerun import main as rerun
-from biaskd.summary import summary_line
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
+from biaskd.record.summary import summary_line
+from biaskd.tools.rerun import main as rerun
 from faultkit import Killed, cfg, command, error_lines, flip, kill_in_rename, tree
 from tiny import TINY
 
@@ -26,7 +26,7 @@ def test_a_sweep_says_each_damaged_run_in_one_line_and_exits_2(trained, tmp_path
     (runs.independent / artifacts.MANIFEST).unlink()
     flip(runs.teacher / schema.METRICS)
     before = tree(runs.root)
-    out = command(["-m", "biaskd.cli", "-m", *TINY, *QUIET, "distill=none,cross", f"runs_dir={runs.root}",
+    out = command(["-m", "biaskd.tools.cli", "-m", *TINY, *QUIET, "distill=none,cross", f"runs_dir={runs.root}",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "Warning" not in out.stderr
@@ -89,7 +89,7 @@ def test_the_report_prints_each_run_dir_it_leaves_out(trained, tmp_path, capsys)
 
 def _teacher_parts(runs):
     from biaskd.data.build import build_data
-    from biaskd.rebuild import load_model
+    from biaskd.run.rebuild import load_model
 
     data = build_data(cfg(runs.root, "student"))
     teacher = RunDir(runs.teacher)
@@ -97,7 +97,7 @@ def _teacher_parts(runs):
 
 
 def test_a_teacher_cache_loses_what_a_killed_writer_left(trained, tmp_path, monkeypatch):
-    from biaskd.teachers import teacher_cache
+    from biaskd.run.teacher import teacher_cache
 
     runs = trained.copy(tmp_path / "runs")
     teacher, model, data = _teacher_parts(runs)

@@ -8,13 +8,13 @@ import re
 import pytest
 
 from analysis.runs import load_run
-from biaskd import artifacts, schema
-from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError
 from biaskd.modules.callbacks import AtomicCheckpointIO
-from biaskd.search import last_logged
-from biaskd.train import train
-from biaskd.verify import main as verify
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
+from biaskd.record.optimized_metric import last_logged
+from biaskd.run.train import train
+from biaskd.tools.verify import main as verify
 from faultkit import assert_same_run, cfg, damage, flip, tree
 
 #: how each file of a run is read back, and the name an error about it must carry
@@ -146,7 +146,7 @@ def test_verify_finds_a_run_by_any_of_its_files_and_nothing_else(tmp_path, capsy
 
 
 def test_a_run_set_aside_twice_within_a_second_keeps_both(tmp_path):
-    from biaskd.trust import set_aside
+    from biaskd.run.trust import set_aside
 
     run = tmp_path / "runs" / "a-run"
     for content in (b"first", b"second"):

@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from biaskd import artifacts, schema
-from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError
-from biaskd.train import train
-from biaskd.verify import main as verify
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
+from biaskd.run.train import train
+from biaskd.tools.verify import main as verify
 from faultkit import Killed, assert_same_run, cfg, kill_in_rename, tree
 
 #: (file renamed into place, which of its renames the kill hits, text the file must hold)

@@ -1,4 +1,5 @@
-"""Human-readable summaries of finished runs: one line per job, tables after a single run."""
+"""A finished run read for people: one line per job (the ``biaskd`` command prints it after each),
+tables after a single run. The analysis of many runs is :mod:`analysis.sweep_summary`."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,9 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from biaskd import artifacts, modes
-from biaskd.artifacts import RunDir, teacher_of
+from biaskd import modes
+from biaskd.record import artifacts
+from biaskd.record.artifacts import RunDir, teacher_of
 
 
 def run_label(meta: dict) -> str:
@@ -85,7 +87,7 @@ def summary_line(run: RunDir, since: float | None = None) -> str:
     With ``since`` (when the job started), a run that was already complete says so, one that
     another process trained while the job waited for it too, and a teacher the job trained
     first is timed on its own."""
-    from biaskd.sweep import duration
+    from biaskd.record.sweep import duration
 
     meta, metrics = run.meta, run.metrics
     accs = " ".join(f"{s}={m['accuracy']:.3f}" for s, m in metrics["splits"].items())

@@ -21,7 +21,7 @@ from biaskd.config import did_you_mean
 from biaskd.data.base import is_lm
 from biaskd.errors import ConfigError, StorageError
 
-#: ``lightning.Trainer`` arguments every run sets itself (:func:`biaskd.train.make_trainer`)
+#: ``lightning.Trainer`` arguments every run sets itself (:func:`biaskd.run.train.make_trainer`)
 SET_BY_RUN = ("default_root_dir", "logger", "callbacks", "plugins", "num_sanity_val_steps")
 #: what a folder that cannot be written reports
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})

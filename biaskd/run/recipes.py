@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from biaskd.artifacts import RunDir
 from biaskd.data.base import Split, setup_of
 from biaskd.errors import ConfigError
 from biaskd.models import check_model
@@ -23,14 +22,7 @@ from biaskd.modes import Mode, mode_of
 if TYPE_CHECKING:
     from biaskd.data.datamodule import TaskData
     from biaskd.modules.classifier import ClassifierModule
-
-
-@dataclass
-class Teacher:
-    """A student's teacher: a trained run (``run``) or, for online KD, a model trained alongside."""
-
-    model: nn.Module
-    run: RunDir | None = None
+    from biaskd.run.teacher import Teacher
 
 
 @dataclass
@@ -94,13 +86,13 @@ class SequenceLevel(LanguageModel):
     """Sequence-level KD: the student trains on sentences its teacher run generates, no teacher forward."""
 
     def training_split(self, cfg: DictConfig, fit: Split, teacher: Teacher | None) -> Split:
-        from biaskd.modules.seqkd import sequence_level_split
+        from biaskd.run.teacher_sentences import sequence_level_split
 
         return sequence_level_split(OmegaConf.to_container(cfg.distill, resolve=True), fit, teacher.model,
                                     cache_dir=teacher.run / "teacher_cache")
 
     def module(self, p: Parts) -> ClassifierModule:
-        from biaskd.modules.seqkd import sequence_level_module
+        from biaskd.modules.lm import sequence_level_module
 
         return sequence_level_module(p.cfg, p.net, p.data, p.fit, **p.optim)
 
@@ -129,7 +121,7 @@ RECIPES: dict[tuple[str, str], type[Recipe]] = {
 
 def recipe_for(cfg: DictConfig, data: TaskData) -> Recipe:
     """The recipe of the run ``cfg`` describes on ``data``."""
-    from biaskd.modules.seqkd import is_sequence_level
+    from biaskd.run.teacher_sentences import is_sequence_level
 
     setup = setup_of(data)
     mode = mode_of(cfg)

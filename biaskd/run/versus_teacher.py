@@ -10,7 +10,7 @@ and on the probe set ``teacher_cka``, linear CKA of the student's features with 
 They go into ``metrics.json`` (``splits.<split>.teacher_*``, ``probe.teacher_cka``, and
 ``teacher``: which teacher they compare with) and, with ``logger=wandb``, into the W&B run
 (``<split>/teacher_agreement``, ``<split>/teacher_js``, ``probe/teacher_cka``). The measures are
-:mod:`biaskd.measures`, the ones :mod:`analysis.agreement` and :mod:`analysis.similarity`
+:mod:`biaskd.pairwise`, the ones :mod:`analysis.agreement` and :mod:`analysis.similarity`
 compute from run dirs, on the same saved arrays, so dashboard and report show one number.
 
 Which teacher: a self-/cross-distilled student's own; an online student's co-trained teacher as
@@ -29,17 +29,17 @@ import torch
 from omegaconf import DictConfig
 
 from biaskd import config as config_mod
-from biaskd.artifacts import RunDir
 from biaskd.data.base import Split
-from biaskd.errors import ArtifactError
-from biaskd.measures import from_logits, js_divergence, linear_cka, top1_agreement
-from biaskd.modules.callbacks import batched_features
 from biaskd.data.base import is_lm
+from biaskd.errors import ArtifactError
 from biaskd.modes import mode_of
+from biaskd.modules.callbacks import batched_features
 from biaskd.modules.lm import lm_scores
-from biaskd.predict import predict_logits
-from biaskd.rebuild import load_model
-from biaskd.run_record import run_dir_for
+from biaskd.pairwise import from_logits, js_divergence, linear_cka, top1_agreement
+from biaskd.record.artifacts import RunDir
+from biaskd.record.identity import run_dir_for
+from biaskd.run.predict import predict_logits
+from biaskd.run.rebuild import load_model
 
 @dataclass
 class TeacherComparison:

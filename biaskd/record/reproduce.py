@@ -198,14 +198,14 @@ def _flat_metrics(metrics: Mapping) -> tuple[dict[str, float], dict[str, float]]
 
 
 def compare_runs(new, old) -> Comparison:
-    """Compare a retrained run with the run it reproduces (both :class:`biaskd.artifacts.RunDir`):
+    """Compare a retrained run with the run it reproduces (both :class:`biaskd.record.artifacts.RunDir`):
     final weights, logits on every eval split and per-split metrics — to the bit where both were
     made on machines with one signature, else within the tolerances above. A run recorded before
     signatures were kept counts as made on another machine."""
     same = same_machine(new.meta.get("machine"), old.meta.get("machine"))
     out = Comparison(BIT_IDENTICAL if same else WITHIN_TOLERANCE)
     compare_weights(new.state_dict(), old.state_dict(), same, into=out)
-    from biaskd.schema import outputs_file
+    from biaskd.record.schema import outputs_file
 
     splits = [s for s in sorted(old.metrics.get("splits") or {}) if (old.path / outputs_file(s)).exists()]
     compare_arrays({f"outputs/{s}": new.outputs(s)["logits"] for s in splits if (new.path / outputs_file(s)).exists()},

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from biaskd.artifacts import RunDir
 from biaskd.data.base import PAD_ID, Split
+from biaskd.data.base import is_lm
 from biaskd.data.datamodule import TaskData
 from biaskd.metrics import split_metrics, teacher_signal
-from biaskd.data.base import is_lm
 from biaskd.modules.lm import lm_scores
 from biaskd.objectives import features_and_logits
+from biaskd.record.artifacts import RunDir
 
 
 @torch.no_grad()

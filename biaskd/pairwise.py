@@ -1,7 +1,8 @@
-"""Teacher–student measures, one implementation for the training driver and for ``analysis``.
+"""Pairwise measures: how alike two models are (their outputs, their features), one implementation
+for the training driver and for ``analysis``. One model against the labels is :mod:`biaskd.metrics`.
 
 A run logs its agreement with its teacher and the CKA of its probe features with the teacher's
-(:mod:`biaskd.teacher_metrics`); the analysis recomputes the same quantities from run dirs
+(:mod:`biaskd.run.versus_teacher`); the analysis recomputes the same quantities from run dirs
 (:mod:`analysis.agreement`, :mod:`analysis.similarity`). Both call these functions, so a number
 on the dashboard and the number in the report are one definition (docs/design.md):
 

@@ -15,10 +15,10 @@ import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.loggers import CSVLogger
 
-from biaskd import artifacts, schema
-from biaskd.artifacts import RunDir
 from biaskd.errors import ArtifactError
 from biaskd.modules.callbacks import csv_text
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
 
 log = logging.getLogger("biaskd")
 

@@ -4,7 +4,7 @@ with the MNIST scenario): the cumulative time of each direct callee of Lightning
 """
 from __future__ import annotations
 
-from biaskd.bench_loops import ConstantModel, lightning_fit, scenario_pair
+from biaskd.bench.loops import ConstantModel, lightning_fit, scenario_pair
 from biaskd.modules.classifier import ClassifierModule
 
 

@@ -1,7 +1,7 @@
 """What a Hydra multirun leaves in its sweep folder, and how far along it is.
 
 Each job writes ``run.txt`` (the run dir it produced) into its own Hydra folder
-(``<sweep>/<job>/``); a failed one writes ``failed.txt`` instead (:mod:`biaskd.cli`: the line the
+(``<sweep>/<job>/``); a failed one writes ``failed.txt`` instead (:mod:`biaskd.tools.cli`: the line the
 sweep printed, and below it the traceback of an exception that is not the project's own). At the end
 the sweep folder gets
 
@@ -12,7 +12,7 @@ the sweep folder gets
 * ``summary.md`` -- the same as tables a person reads.
 
 The two summaries are the analysis package's (:mod:`analysis.sweep_summary`); the Hydra callback
-(:class:`biaskd.cli.SummaryCallback`) is given that function by the config
+(:class:`biaskd.tools.cli.SummaryCallback`) is given that function by the config
 (``hydra.callbacks.summary.summarize``), so training code never imports the analysis.
 
 Everything is read back from the sweep folder and the run dirs, not from the process that
@@ -31,7 +31,7 @@ from pathlib import Path
 
 RUN_FILE = "run.txt"  # in a job's Hydra folder: the run dir the job produced
 RUNS_FILE = "runs.txt"  # in the sweep folder: every job's run dir
-FAILURE_FILE = "failed.txt"  # in a failed job's Hydra folder: what failed, one line (biaskd.cli)
+FAILURE_FILE = "failed.txt"  # in a failed job's Hydra folder: what failed, one line (biaskd.tools.cli)
 #: in a failure file, below its line: the traceback of an exception that is not the project's own
 TRACEBACK_HEAD = "Traceback (most recent call last):"
 
@@ -133,7 +133,7 @@ def teachers_left(sweep_dir: str | Path, started: float) -> tuple[int, float, fl
     the same one (:func:`_teacher_key`; one cached before the sweep is counted as to train); a
     teacher's time is the mean training time of the teachers this sweep trained, else of those it
     found in the cache. None when the jobs cannot be listed."""
-    from biaskd.artifacts import RunDir, teacher_of
+    from biaskd.record.artifacts import RunDir, teacher_of
 
     sweep_dir = Path(sweep_dir)
     remaining = _job_overrides(sweep_dir)

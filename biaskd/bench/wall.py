@@ -1,5 +1,5 @@
 """Wall times beside the throughput ratios of :mod:`biaskd.bench`: linear CKA against its n x n
-Gram reference (:mod:`biaskd.measures`), the README's main job from the command line, and where
+Gram reference (:mod:`biaskd.pairwise`), the README's main job from the command line, and where
 a 100-epoch MNIST student's wall time goes, phase by phase (the end-to-end breakdown).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 
 def bench_cka(n: int, d: int, repeats: int) -> dict:
-    from biaskd.measures import linear_cka, linear_cka_gram
+    from biaskd.pairwise import linear_cka, linear_cka_gram
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -32,7 +32,7 @@ def bench_cka(n: int, d: int, repeats: int) -> dict:
 def main_job_wall_time() -> float:
     with tempfile.TemporaryDirectory() as runs:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "biaskd.cli", "-m", "experiment=mnist_main", f"runs_dir={runs}",
+        subprocess.run([sys.executable, "-m", "biaskd.tools.cli", "-m", "experiment=mnist_main", f"runs_dir={runs}",
                         "trainer.enable_progress_bar=false"], check=True, capture_output=True)
         return time.perf_counter() - start
 
@@ -45,11 +45,11 @@ def end_to_end(epochs: int = 100, seeds: tuple[int, ...] = (1, 2)) -> dict:
     sweep's later jobs in one process, reuse it."""
     from hydra import compose, initialize_config_dir
 
-    from biaskd.cli import CONF_DIR
-    from biaskd.train import train
+    from biaskd.run.train import train
+    from biaskd.tools.cli import CONF_DIR
 
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import biaskd.train"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", "import biaskd.run.train"], check=True, capture_output=True)
     imports = time.perf_counter() - t
     runs = []
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from biaskd.artifacts import RunDir
 from biaskd.data.build import build_data
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ArtifactError
 from biaskd.models import build_model
-from biaskd.predict import split_logits
+from biaskd.record.artifacts import RunDir
+from biaskd.run.predict import split_logits
 
 
 @dataclass

@@ -13,18 +13,18 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 
+from biaskd import PROJECT_ROOT
 from biaskd.data.base import Split, TensorBatches
 from biaskd.losses import cross_entropy
 from biaskd.modules.classifier import ClassifierModule
 from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
 from biaskd.objectives.kd import SoftTargets
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = PROJECT_ROOT
 
 #: steps of a training contender's warm-up run
 WARMUP_STEPS = 20
@@ -70,7 +70,7 @@ def lightning_fit(module: L.LightningModule, split: Split, batch_size: int, epoc
 def run_trainer_fit(module: L.LightningModule, split: Split, batch_size: int, epochs: int, lengths=None,
                     stock_progress_bar: bool = False) -> float:
     """Examples per second of ``Trainer.fit`` as a run trains: the Trainer of
-    :func:`biaskd.train.make_trainer` with ``conf/trainer/cpu.yaml`` (deterministic algorithms,
+    :func:`biaskd.run.train.make_trainer` with ``conf/trainer/cpu.yaml`` (deterministic algorithms,
     progress bar), a CSV logger, the epoch checkpoint, the finite-loss guard and the
     training-path recorder (no steps recorded mid-run), and the configured callbacks
     (``conf/callbacks/default.yaml``: the progress bar). The bar draws to /dev/null.
@@ -83,8 +83,8 @@ def run_trainer_fit(module: L.LightningModule, split: Split, batch_size: int, ep
     from lightning.pytorch.loggers import CSVLogger
     from omegaconf import OmegaConf
 
-    from biaskd.artifacts import RunDir
-    from biaskd.train import configured_callbacks, make_trainer
+    from biaskd.record.artifacts import RunDir
+    from biaskd.run.train import configured_callbacks, make_trainer
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -188,14 +188,14 @@ def scenario_pair(name: str):
         teacher = CNN()
         return data.train, (lambda: MLP()), teacher, 64, None
     if name == "sva":
+        from biaskd.config import model_from_conf
         from biaskd.data.sva import SVAData
-        from biaskd.models.sequence import build_sequence_model
 
         data = SVAData(batch_size=64, seed=0)
         data.setup()
         v = data.vocab_size
-        teacher = build_sequence_model("lstm", v, 2)
-        student = lambda: build_sequence_model("transformer", v, 2)  # noqa: E731
+        teacher = model_from_conf("lstm", vocab_size=v, num_classes=2)
+        student = lambda: model_from_conf("transformer", vocab_size=v, num_classes=2)  # noqa: E731
         return data.train, student, teacher, 64, data.lengths(data.train)
     raise ValueError(name)
 

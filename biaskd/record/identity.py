@@ -10,15 +10,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from biaskd import artifacts, config as config_mod, schema
-from biaskd.artifacts import RunDir
+from biaskd import config as config_mod
 from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import setup_of
 from biaskd.data.build import absolute
 from biaskd.data.datamodule import TaskData
 from biaskd.modes import mode_of
 from biaskd.objectives import objective_options
-from biaskd.reproduce import machine_signature
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
+from biaskd.record.reproduce import machine_signature
 from biaskd.scenario import declared as declared_scenario
 
 
@@ -124,7 +125,7 @@ def run_meta(cfg: DictConfig, data: TaskData, run: RunDir, teacher_run: RunDir |
         "eval_splits": sorted(data.evals),
         "probe": {"split": data.probe_split, "n": int(len(data.probe))},
         "versions": _versions(),
-        "machine": machine_signature(),  # what decides the floating-point bits (biaskd.reproduce)
+        "machine": machine_signature(),  # what decides the floating-point bits (biaskd.record.reproduce)
         "git_commit": _git_commit(),
         "started": artifacts.now(),
     }

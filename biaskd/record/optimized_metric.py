@@ -1,4 +1,6 @@
-"""What a run returns to a Hydra sweeper that searches hyperparameters (the Optuna sweeper).
+"""What a run returns to a Hydra sweeper that searches hyperparameters (the Optuna sweeper), read
+from its record: the config key ``optimized_metric`` names the column. A search's trials as one
+table are :mod:`analysis.search`.
 
 With ``optimized_metric=valid/loss`` (or ``valid/accuracy``: :data:`VALIDATION_METRICS`), a job
 returns that column's last value in the run's ``logs/metrics.csv``, the one after the final epoch.
@@ -12,8 +14,8 @@ import csv
 import math
 from pathlib import Path
 
-from biaskd import artifacts
 from biaskd.errors import ArtifactError, ConfigError
+from biaskd.record import artifacts
 
 #: the run's per-epoch log, relative to its run dir
 LOG = Path("logs") / "metrics.csv"

@@ -175,9 +175,9 @@ def main_first(fn: Callable[..., T], *args, **kwargs) -> T:
 
 @contextlib.contextmanager
 def run_lock(run):
-    """The run's lock (:func:`biaskd.trust.run_lock`), taken by global rank 0 alone: one job, one
+    """The run's lock (:func:`biaskd.run.trust.run_lock`), taken by global rank 0 alone: one job, one
     holder. The other ranks wait for rank 0 at its next answer (:func:`on_main`)."""
-    from biaskd.trust import run_lock as file_lock
+    from biaskd.run.trust import run_lock as file_lock
 
     _state["held"] += 1
     try:

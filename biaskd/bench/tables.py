@@ -14,7 +14,7 @@ cancels within a round), with the ratio of the two sides' median throughputs bes
    loops with a model that is one bias vector (no compute to speak of); the ms/step
    differences, the best ``lightning_vs_plain`` they allow for the scenario's student, and
    what Lightning's stock (every-step) progress bar would add;
-6. ``cka_fast_vs_naive``: ``biaskd.measures.linear_cka`` time ÷ an n×n Gram version;
+6. ``cka_fast_vs_naive``: ``biaskd.pairwise.linear_cka`` time ÷ an n×n Gram version;
 7. wall time of the README's main job (full mode only).
 
 A measurement covers at least the steps of ``SCENARIO_PLAN`` (``MIN_STEPS`` for other
@@ -23,8 +23,8 @@ costs of a ``fit`` (the first step's optimizer state, Lightning's first ``self.l
 it about as little as in a real run.
 
 Writes ``results/bench.json`` and ``results/bench.md``. This module is the command and the
-tables; the measurements are in :mod:`biaskd.bench_loops` (1-5), :mod:`biaskd.bench_profile`
-(the profile of 5) and :mod:`biaskd.bench_wall` (6, 7 and the end-to-end breakdown).
+tables; the measurements are in :mod:`biaskd.bench.loops` (1-5), :mod:`biaskd.bench.step_profile`
+(the profile of 5) and :mod:`biaskd.bench.wall` (6, 7 and the end-to-end breakdown).
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from biaskd.bench_loops import REPO, bench_lightning_overhead, bench_training
-from biaskd.bench_profile import format_profile, profile_lightning_step
-from biaskd.bench_wall import bench_cka, end_to_end, format_end_to_end, main_job_wall_time
+from biaskd.bench.loops import REPO, bench_lightning_overhead, bench_training
+from biaskd.bench.step_profile import format_profile, profile_lightning_step
+from biaskd.bench.wall import bench_cka, end_to_end, format_end_to_end, main_job_wall_time
 
 #: fewest optimizer steps in one measurement (quick, full)
 MIN_STEPS = {True: 150, False: 300}

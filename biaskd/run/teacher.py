@@ -1,22 +1,34 @@
-"""A teacher's outputs cached in its own run dir: computed once per (teacher, data), read by every
-student distilled from it."""
+"""A student's teacher: :class:`Teacher` (a model and, when it was trained first, its run dir;
+the driver obtains it as the mode says, :data:`biaskd.run.train.OBTAIN_TEACHER`), and its outputs
+cached in its own run dir (:func:`teacher_cache`): computed once per (teacher, data), read by every
+student distilled from it. A teacher's generated sentences (sequence-level KD) are
+:mod:`biaskd.run.teacher_sentences`."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
 
-from biaskd import artifacts
-from biaskd.artifacts import RunDir
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ArtifactError
 from biaskd.objectives import Outputs
-from biaskd.predict import predict_features_and_logits, predict_logits
+from biaskd.record import artifacts
+from biaskd.record.artifacts import RunDir
+from biaskd.run.predict import predict_features_and_logits, predict_logits
 
 log = logging.getLogger("biaskd")
+
+
+@dataclass
+class Teacher:
+    """A student's teacher: a trained run (``run``) or, for online KD, a model trained alongside."""
+
+    model: torch.nn.Module
+    run: RunDir | None = None
 
 
 def _cached_rows(path: Path, key: str, ids: torch.Tensor) -> torch.Tensor | None:

@@ -1,8 +1,8 @@
 """The training driver: one config in, one complete run dir out.
 
 ``train(cfg)`` tells the story of a run: validate, build the data, get the teacher, build the
-module the run's recipe (:mod:`biaskd.recipes`) asks for, fit, evaluate, write. A complete run dir
-is returned as it is; an interrupted one resumes from its last checkpoint (:mod:`biaskd.trust`).
+module the run's recipe (:mod:`biaskd.run.recipes`) asks for, fit, evaluate, write. A complete run dir
+is returned as it is; an interrupted one resumes from its last checkpoint (:mod:`biaskd.run.trust`).
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from biaskd import artifacts, config as config_mod, distributed, preflight, schema, teacher_metrics
-from biaskd.artifacts import RunDir
+from biaskd import config as config_mod
 from biaskd.data import transfer as transfer_mod
 from biaskd.data.base import Split, TensorBatches, is_lm
 from biaskd.data.build import absolute, build_data
@@ -30,13 +29,17 @@ from biaskd.modes import mode_of
 from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, LogInCheckpoint, RunLogger,
                                      TrainingPathRecorder, batched_features)
 from biaskd.modules.lm import verb_prefix
-from biaskd.predict import evaluate, transfer_signal
 from biaskd.quiet import quiet_libraries
-from biaskd.rebuild import load_model
-from biaskd.recipes import Parts, Recipe, Teacher, recipe_for
-from biaskd.run_record import run_dir_for, run_meta
-from biaskd.sweep import duration
-from biaskd.trust import checked_complete, keep_csv_log, resume_checkpoint
+from biaskd.record import artifacts, schema
+from biaskd.record.artifacts import RunDir
+from biaskd.record.identity import run_dir_for, run_meta
+from biaskd.record.sweep import duration
+from biaskd.run import distributed, preflight, versus_teacher
+from biaskd.run.predict import evaluate, transfer_signal
+from biaskd.run.rebuild import load_model
+from biaskd.run.recipes import Parts, Recipe, recipe_for
+from biaskd.run.teacher import Teacher
+from biaskd.run.trust import checked_complete, keep_csv_log, resume_checkpoint
 
 log = logging.getLogger("biaskd")
 
@@ -46,7 +49,7 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir | None:
 
     A run is a function of ``cfg`` alone: ``data`` only saves rebuilding splits that ``cfg``'s
     task config would build (batch order and size always come from ``cfg``). With several
-    processes (``trainer=ddp``) every one of them calls this; :mod:`biaskd.distributed` makes
+    processes (``trainer=ddp``) every one of them calls this; :mod:`biaskd.run.distributed` makes
     them one job.
 
     With ``trainer.fast_dev_run`` (Lightning's check of the whole loop on a batch or a few), the
@@ -92,7 +95,7 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir | None:
 
 def check_trainers(cfg: DictConfig) -> None:
     """The ``trainer`` config of the run, and of the teacher it trains first, as lightning.Trainer
-    would take it (:func:`biaskd.preflight.check_trainer`)."""
+    would take it (:func:`biaskd.run.preflight.check_trainer`)."""
     preflight.check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     if mode_of(cfg).trained_teacher:
         tcfg = config_mod.teacher_config(cfg)
@@ -116,7 +119,7 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
         clock = now
 
     ckpt = distributed.on_main(resume_checkpoint, run, repair)
-    teacher = TEACHERS[recipe.teacher](cfg, data)
+    teacher = OBTAIN_TEACHER[recipe.teacher](cfg, data)
     lap("teacher")
     distilled = mode_of(cfg).distilled
     fit = transfer_mod.fit_split(data.train, transfer_set, spec, distilled=distilled)
@@ -175,7 +178,7 @@ def record_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, mod
         metrics["teacher_signal"] = transfer_signal(teacher.model, data.train, transfer_set,
                                                     float(cfg.distill.temperature))
     # agreement, JS divergence and probe CKA with the teacher, for metrics.json and the dashboard
-    comparison = teacher_metrics.compare(cfg, data, run, probe, feats, teacher_run, teacher.model if teacher else None,
+    comparison = versus_teacher.compare(cfg, data, run, probe, feats, teacher_run, teacher.model if teacher else None,
                                          eval_batch)
     if comparison is not None:
         comparison.add_to(metrics)
@@ -200,7 +203,7 @@ def _in_scratch(cfg: DictConfig) -> bool:
 def _fast_dev_run(cfg: DictConfig, data: TaskData | None) -> None:
     """Train, evaluate and measure ``cfg``'s run (and its teacher) with Lightning's fast_dev_run
     in a scratch runs folder, log the run's line, and remove the folder."""
-    from biaskd.summary import summary_line
+    from biaskd.record.summary import summary_line
 
     with tempfile.TemporaryDirectory(prefix="biaskd-fast-dev-run-") as scratch:
         cfg = cfg.copy()
@@ -254,12 +257,12 @@ def online_teacher(cfg: DictConfig, data: TaskData) -> Teacher:
 
 
 def no_teacher(cfg: DictConfig, data: TaskData) -> None:
-    teacher_metrics.prepare(cfg, data, ensure_teacher)  # teacher.compare=true: the teacher to compare with
+    versus_teacher.prepare(cfg, data, ensure_teacher)  # teacher.compare=true: the teacher to compare with
     return None
 
 
-#: a recipe's ``teacher`` -> how the driver gets it
-TEACHERS = {"trained": trained_teacher, "online": online_teacher, None: no_teacher}
+#: a recipe's ``teacher`` (the mode's :attr:`~biaskd.modes.Mode.teacher`) -> how the driver obtains the Teacher
+OBTAIN_TEACHER = {"trained": trained_teacher, "online": online_teacher, None: no_teacher}
 
 
 # -- the student --------------------------------------------------------------------------------------
@@ -424,7 +427,7 @@ def finish_loggers(cfg: DictConfig, trainer: L.Trainer, run: RunDir, splits: dic
 
         log_predictions(trainer.loggers, run, list(splits), data=data, comparison=comparison,
                         max_rows=int(cfg.logger.wandb.get("prediction_rows", 500)))
-    teacher_metrics.log_to_wandb(trainer.loggers, comparison)
+    versus_teacher.log_to_wandb(trainer.loggers, comparison)
     for lg in trainer.loggers:
         if hasattr(lg, "log_metrics"):
             lg.log_metrics({**{f"{s}/{k}": v for s, m in splits.items() for k, v in m.items() if isinstance(v, float)},

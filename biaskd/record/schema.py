@@ -1,6 +1,6 @@
 """The run-dir format: file names, keys, versions, and what makes each artifact valid.
 
-One definition for the writer (:class:`biaskd.artifacts.RunDir`) and the reader
+One definition for the writer (:class:`biaskd.record.artifacts.RunDir`) and the reader
 (:class:`analysis.runs.Run`); README.md ("Run directory format") describes it for people.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from biaskd.errors import ArtifactError
-from biaskd.measures import from_logits
+from biaskd.pairwise import from_logits
 
 FORMAT = "biaskd-run"
 #: 2: MANIFEST.json and digest sidecars; teachers trained from their own config alone (new hashes)

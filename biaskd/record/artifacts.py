@@ -1,5 +1,5 @@
 """Run directories on disk: atomic writes, integrity checks, and :class:`RunDir`, the one writer
-(and low-level reader) of the format :mod:`biaskd.schema` defines.
+(and low-level reader) of the format :mod:`biaskd.record.schema` defines.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 killed process never leaves a half-written file under a real name; it gets the permissions the
@@ -10,7 +10,7 @@ per process and file version) and loads with ``torch.load(weights_only=True)`` /
 ``numpy.load(allow_pickle=False)``; a missing, truncated, corrupt or altered file raises
 :class:`ArtifactError` naming it. ``MANIFEST.json`` records a digest of its own entries, so a
 damaged manifest is named as such; a complete run of a format that writes one and has none
-(or has lost its meta.json) is damaged too (:func:`biaskd.schema.unverifiable`).
+(or has lost its meta.json) is damaged too (:func:`biaskd.record.schema.unverifiable`).
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from biaskd import schema
 from biaskd.errors import ArtifactError
-from biaskd.schema import COMPLETE, DIGEST_SUFFIX, FAILED, MANIFEST, TMP_SUFFIX
+from biaskd.record import schema
+from biaskd.record.schema import COMPLETE, DIGEST_SUFFIX, FAILED, MANIFEST, TMP_SUFFIX
 
 #: how a person gets a damaged run trained anew (the training command's way out)
 REPAIR_HINT = "rerun its command with +repair=true to retrain it (the bad run dir is kept aside)"
@@ -210,7 +210,7 @@ def _problem(path: Path) -> tuple[str, bool] | None:
 def file_problem(path: str | Path) -> str | None:
     """Why ``path`` fails the digest recorded for it (its sidecar, or the manifest of the run dir
     it lies in), in a few words; None if it passes or nothing records it. A file of a complete
-    run that should have a manifest and has none fails (:func:`biaskd.schema.unverifiable`)."""
+    run that should have a manifest and has none fails (:func:`biaskd.record.schema.unverifiable`)."""
     found = _problem(Path(path))
     return found[0] if found else None
 
@@ -218,7 +218,7 @@ def file_problem(path: str | Path) -> str | None:
 def check_file(path: str | Path) -> None:
     """Raise ArtifactError if ``path`` differs from the digest recorded for it (its sidecar, or
     the manifest of the run dir it lies in), or lies in a complete run that lost its manifest
-    (:func:`biaskd.schema.unverifiable`). Files with no recorded digest pass."""
+    (:func:`biaskd.record.schema.unverifiable`). Files with no recorded digest pass."""
     path = Path(path)
     found = _problem(path)
     if found is None:
@@ -233,7 +233,7 @@ def verify_run(run_path: str | Path) -> list[str]:
     """Problems with a complete run's files (missing, resized or altered since its manifest was
     written; ``last.ckpt`` against its sidecar), one string each; empty if it verifies. A
     format-1 run (no manifest) has nothing to verify against and passes; a complete run of a
-    later format without its manifest, or without meta.json, does not (:func:`biaskd.schema.unverifiable`).
+    later format without its manifest, or without meta.json, does not (:func:`biaskd.record.schema.unverifiable`).
     Teacher caches are not the run's results: a damaged one is recomputed when next read."""
     run_path = Path(run_path)
     try:
@@ -343,7 +343,7 @@ def now() -> str:
 
 
 class RunDir:
-    """A run directory on disk (layout: :mod:`biaskd.schema`): its state, the writer of its
+    """A run directory on disk (layout: :mod:`biaskd.record.schema`): its state, the writer of its
     files and their checked, raw loaders."""
 
     def __init__(self, path: str | Path) -> None:
