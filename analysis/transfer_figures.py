@@ -204,20 +204,21 @@ def dose_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Path
         teacher, objective, t, epochs, student = key
         g = g.sort_values("transfer_n")
         x = g["transfer_n"].map(x_of)
-        n = int(g["n_seeds"].min())
+        lo, hi = int(g["n_seeds"].min()), int(g["n_seeds"].max())
+        n = f"{lo}" if lo == hi else f"{lo}–{hi}"  # seeds per N differ: say the range
         for col, kind, label in (("m_teacher", "teacher", f"{teacher} teacher"),
                                  ("m_kd", "distilled", f"distilled from {teacher} (its labels on the N inputs)"),
                                  ("m_self", "self-distilled", f"self-distilled ({student} teacher's labels)"),
                                  ("m_indep", "independent", "independent (gold labels on the N inputs)")):
             level.plot(x, g[col], marker="o", color=style.KINDS[kind][0], ls="--" if kind == "teacher" else "-",
-                       label=style.with_n(label, n))
+                       label=f"{label} (n={n})")
         level.set_ylabel(style.metric_label(metric))
         for col, hw, kind, label, dx in (("diff_vs_independent", "ci_half_width", "independent",
                                           "distilled − independent (gold labels)", -0.06),
                                          ("diff_vs_self", "self_ci_half_width", "self-distilled",
                                           "distilled − self-distilled", 0.06)):
             diff.errorbar(x + dx, g[col], yerr=g[hw].fillna(0), marker="o", capsize=3, color=style.KINDS[kind][0],
-                          label=style.with_n(label, n))
+                          label=f"{label} (n={n})")
         diff.axhline(0, color="0.5", lw=0.8)
         diff.set_ylabel("Δ, paired by seed (95% interval)")
         for ax in (level, diff):
