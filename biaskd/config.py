@@ -41,6 +41,7 @@ _NOT_IDENTITY_NESTED = {
     "task": {"data_dir", "download", "eval_batch_size", "train_source", "train_size",
              "bias"},  # bias: how the analysis measures the task's bias (biaskd.scenario)
     "teacher": {"compare"},  # what a finished run is compared with, not how it trains
+    "train": {"steps_per_call"},  # the same optimizer steps, grouped into fewer Lightning calls
 }
 
 
@@ -100,6 +101,8 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.lr", low=0, low_open=True)
     _number(cfg, "train.weight_decay", low=0)
     _number(cfg, "train.batch_size", low=0, low_open=True, integer=True)
+    if OmegaConf.select(cfg, "train.steps_per_call") is not None:
+        _number(cfg, "train.steps_per_call", low=1, integer=True)
     _number(cfg, "trainer.max_epochs", low=0, low_open=True, integer=True)
     _choice(cfg, "train.optimizer", OPTIMIZERS)
     if OmegaConf.select(cfg, "train.lr_schedule") is not None:

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from biaskd import PROJECT_ROOT
-from biaskd.data.base import Split, TensorBatches
+from biaskd.data.base import Split, StepGroups, TensorBatches
 from biaskd.losses import cross_entropy
 from biaskd.modules.classifier import ClassifierModule
 from biaskd.modules.distill import CachedOutputs, DistillModule, FrozenTeacher
@@ -28,12 +28,16 @@ REPO = PROJECT_ROOT
 
 #: steps of a training contender's warm-up run
 WARMUP_STEPS = 20
+#: optimizer steps per training_step of the grouped contenders (``train.steps_per_call``)
+STEPS_PER_CALL = 8
 
 
 class _Data(L.LightningDataModule):
-    def __init__(self, split: Split, batch_size: int, lengths=None):
+    def __init__(self, split: Split, batch_size: int, lengths=None, steps_per_call: int = 1):
         super().__init__()
         self.batches = TensorBatches(split, batch_size, seed=0, lengths=lengths)
+        if steps_per_call > 1:
+            self.batches = StepGroups(self.batches, steps_per_call)
 
     def train_dataloader(self):
         return self.batches
@@ -58,24 +62,26 @@ class _LoopTimer(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def lightning_fit(module: L.LightningModule, split: Split, batch_size: int, epochs: int, lengths=None) -> float:
-    """Examples per second of ``Trainer.fit``'s training loop."""
+def lightning_fit(module: L.LightningModule, split: Split, batch_size: int, epochs: int, lengths=None,
+                  steps_per_call: int = 1) -> float:
+    """Examples per second of ``Trainer.fit``'s training loop (``steps_per_call`` optimizer steps
+    per training_step)."""
     timer = _LoopTimer()
     trainer = _trainer(epochs)
     trainer.callbacks.append(timer)
-    trainer.fit(module, datamodule=_Data(split, batch_size, lengths))
+    trainer.fit(module, datamodule=_Data(split, batch_size, lengths, steps_per_call))
     return len(split) * epochs / timer.seconds
 
 
 def run_trainer_fit(module: L.LightningModule, split: Split, batch_size: int, epochs: int, lengths=None,
-                    stock_progress_bar: bool = False) -> float:
+                    stock_progress_bar: bool = False, steps_per_call: int = 1) -> float:
     """Examples per second of ``Trainer.fit`` as a run trains: the Trainer of
     :func:`biaskd.run.train.make_trainer` with ``conf/trainer/cpu.yaml`` (deterministic algorithms,
     progress bar), a CSV logger, the epoch checkpoint, the finite-loss guard and the
     training-path recorder (no steps recorded mid-run), and the configured callbacks
     (``conf/callbacks/default.yaml``: the progress bar). The bar draws to /dev/null.
     ``stock_progress_bar``: Lightning's bar with its default settings (redrawn every step) in
-    place of the configured one."""
+    place of the configured one. ``steps_per_call``: as ``train.steps_per_call``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from lightning.pytorch.callbacks import TQDMProgressBar
@@ -98,12 +104,12 @@ def run_trainer_fit(module: L.LightningModule, split: Split, batch_size: int, ep
             contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
         run = RunDir(tmp)
         trainer = make_trainer(tcfg, run, [CSVLogger(tmp, name="logs", version="")], split.subset(range(64)), [],
-                               callbacks=callbacks)
+                               callbacks=callbacks, steps_per_call=steps_per_call)
         trainer.callbacks.insert(0, timer)  # its on_train_end first: the final path record is not a step cost
         if stock_progress_bar:
             i = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, ProgressBar))
             trainer.callbacks[i] = TQDMProgressBar()
-        trainer.fit(module, datamodule=_Data(split, batch_size, lengths))
+        trainer.fit(module, datamodule=_Data(split, batch_size, lengths, steps_per_call))
     return len(split) * epochs / timer.seconds
 
 
@@ -201,8 +207,9 @@ def scenario_pair(name: str):
 
 
 def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> dict:
-    """The scenario's student trained five ways, in rounds: Lightning ``fit`` with a teacher
-    forward per step, with cached KD, alone; the hand loop; the run's own Trainer."""
+    """The scenario's student trained seven ways, in rounds: Lightning ``fit`` with a teacher
+    forward per step, with cached KD, alone; the hand loop; the run's own Trainer; Lightning's
+    ``fit`` and the run's Trainer with ``STEPS_PER_CALL`` optimizer steps per training_step."""
     split, make_student, teacher, bs, lengths = scenario_pair(name)
     split, lengths = measurement_split(split, lengths, bs, epochs, min_steps)
     epochs = epochs_for(split, bs, epochs, min_steps)
@@ -218,17 +225,24 @@ def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> 
             "student": lambda: fit(ClassifierModule(make_student())),
             "plain": lambda: plain_loop(make_student(), sp, bs, ep, lens),
             "run_trainer": lambda: run_trainer_fit(ClassifierModule(make_student()), sp, bs, ep, lens),
+            "run_trainer_grouped": lambda: run_trainer_fit(ClassifierModule(make_student()), sp, bs, ep, lens,
+                                                           steps_per_call=STEPS_PER_CALL),
+            "student_grouped": lambda: lightning_fit(ClassifierModule(make_student()), sp, bs, ep, lens,
+                                                     steps_per_call=STEPS_PER_CALL),
         }
 
     n = min(len(split), bs * WARMUP_STEPS)  # the first rows: cached-KD indices stay valid
     warm = contenders(split.subset(torch.arange(n)), 1, None if lengths is None else lengths[:n])
     t = round_robin(contenders(split, epochs, lengths), repeats, warmup=warm)
     info = {"batch_size": bs, "steps": epochs * -(-len(split) // bs)}
+    grouped = info | {"steps_per_call": STEPS_PER_CALL}
     return {
         "kd_cached_vs_student": pair_ratio(t["kd_cached"], t["student"]) | info,
         "kd_teacher_forward_vs_student": pair_ratio(t["kd_forward"], t["student"]) | info,
         "lightning_vs_plain": pair_ratio(t["student"], t["plain"]) | info,
         "run_trainer_vs_plain": pair_ratio(t["run_trainer"], t["plain"]) | info,
+        "lightning_grouped_vs_plain": pair_ratio(t["student_grouped"], t["plain"]) | grouped,
+        "run_trainer_grouped_vs_plain": pair_ratio(t["run_trainer_grouped"], t["plain"]) | grouped,
     }
 
 

@@ -240,3 +240,41 @@ def seeded_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     perm = rng.permutation(n)
     k = int(round(n * fraction))
     return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+class StepGroups:
+    """The batches of a :class:`TensorBatches` in lists of ``k`` consecutive ones (the last list
+    of an epoch may be shorter): what a training module receives per ``training_step`` when it
+    takes one optimizer step per batch of the list (``train.steps_per_call``), so that the
+    training loop's fixed cost per call is paid once per ``k`` steps. The batches and their order
+    are exactly those of ``batches``; ``steps_per_epoch`` counts batches, ``len`` counts lists."""
+
+    def __init__(self, batches: TensorBatches, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"steps per call must be >= 1, got {k}")
+        self.batches = batches
+        self.k = k
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.k)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def to(self, device: torch.device | str) -> "StepGroups":
+        self.batches.to(device)
+        return self
+
+    def __iter__(self):
+        group: list[dict] = []
+        for batch in self.batches:
+            group.append(batch)
+            if len(group) == self.k:
+                yield group
+                group = []
+        if group:
+            yield group

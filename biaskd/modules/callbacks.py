@@ -55,7 +55,9 @@ class TrainingPathRecorder(L.Callback):
         self.run.write_weights(step, model.state_dict())
         self.run.write_features(step, feats, self.probe.ids, step)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        # before every optimizer step, the weights still those of step global_step (also with
+        # several steps per training_step, where a hook per batch would miss the inner steps)
         if trainer.global_step in self._step_set and trainer.is_global_zero:
             self.record(pl_module.model, trainer.global_step)
 
@@ -77,10 +79,13 @@ class FiniteLossGuard(L.Callback):
 
     def __init__(self, every: int = 1) -> None:
         self.every = max(1, int(every))
+        self._checked_up_to = -1  # the last multiple of ``every`` checked (steps per call may skip one)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step % self.every:
+        due = trainer.global_step - trainer.global_step % self.every
+        if due <= self._checked_up_to:
             return
+        self._checked_up_to = due
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return

@@ -94,8 +94,8 @@ class Schedule:
     def current_alpha(self) -> float:
         if self.alpha_schedule == "constant":
             return self.alpha
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return alpha_at(self.alpha_schedule, self.alpha, self.global_step / total, self.final_alpha)
+        return alpha_at(self.alpha_schedule, self.alpha, self.global_step / self.total_optimizer_steps(),
+                        self.final_alpha)
 
 
 class DistillModule(Schedule, ClassifierModule):

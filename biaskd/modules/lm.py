@@ -229,6 +229,7 @@ class LMModule(Schedule, ClassifierModule):
         if self.valid_verbs is not None:
             acc = (logits.argmax(-1) == batch["y"]).float().mean()
             self.log("valid/accuracy", acc, batch_size=len(x), prog_bar=True)
+        self.log_step_axis(self.global_step - 1, batch_size=len(x))  # after the epoch's last step
 
     def trainable_parameters(self):
         if self.online:

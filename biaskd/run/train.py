@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from biaskd import config as config_mod
 from biaskd.data import transfer as transfer_mod
-from biaskd.data.base import Split, TensorBatches, is_lm
+from biaskd.data.base import Split, StepGroups, TensorBatches, is_lm
 from biaskd.data.build import absolute, build_data
 from biaskd.data.datamodule import TaskData
 from biaskd.errors import ConfigError, TrainingError
@@ -140,12 +140,15 @@ def _train_run(cfg: DictConfig, data: TaskData, run: RunDir, recipe: Recipe, spe
     # with several processes, each steps on its part of every batch of batch_size x processes
     train_batches = TensorBatches(fit, int(cfg.task.batch_size), shuffle=True, seed=int(cfg.seed),
                                   lengths=data.lengths(fit), shard=distributed.shard())
-    data.fit_on(train_batches)  # what trainer.fit iterates; the module re-seeds it per epoch
+    per_call = int(cfg.train.get("steps_per_call", 1) or 1)
+    # what trainer.fit iterates (the module re-seeds it per epoch); with steps_per_call > 1, lists
+    # of that many batches, one optimizer step each: the same updates, Lightning's per-call cost amortised
+    data.fit_on(StepGroups(train_batches, per_call) if per_call > 1 else train_batches)
     probe = verb_prefix(data.probe) if is_lm(data) else data.probe  # LM: features before the verb
     steps = default_feature_steps(len(train_batches) * int(cfg.trainer.max_epochs), cfg.train.get("feature_steps"))
     loggers = _loggers(cfg, run, meta)
     trainer = make_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), run, loggers, probe, steps,
-                           callbacks=configured_callbacks(cfg))
+                           callbacks=configured_callbacks(cfg), steps_per_call=per_call)
     lap("setup")
     wall = fit_run(trainer, module, data, run, ckpt, loggers[0])
     lap("fit")
@@ -369,15 +372,19 @@ def configured_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def make_trainer(tcfg: dict, run: RunDir, loggers: list | bool, probe: Split, feature_steps: list[int],
-                 callbacks: list[L.Callback] | None = None) -> L.Trainer:
+                 callbacks: list[L.Callback] | None = None, steps_per_call: int = 1) -> L.Trainer:
     """The Trainer of a run: ``tcfg`` (the ``trainer`` config), the configured ``callbacks``
     (:func:`configured_callbacks`; a progress bar among them is left out when
     ``enable_progress_bar`` is false) and the callbacks a run needs to be correct, which stay in
     code: the epoch checkpoint it resumes from, the training-path recorder (it writes into the
     run dir) and the finite-loss guard (it marks the run FAILED; Lightning's ``detect_anomaly``
     is not the same: it looks for NaN in the backward pass only, slows every step, and raises a
-    RuntimeError the driver cannot tell from a bug)."""
+    RuntimeError the driver cannot tell from a bug). ``steps_per_call``: optimizer steps per
+    training_step; Lightning counts calls, so ``log_every_n_steps`` (in optimizer steps) is
+    divided by it."""
     quiet_libraries()
+    if steps_per_call > 1 and tcfg.get("log_every_n_steps"):
+        tcfg = {**tcfg, "log_every_n_steps": max(1, round(int(tcfg["log_every_n_steps"]) / steps_per_call))}
     own: list[L.Callback] = [
         ModelCheckpoint(dirpath=str(run / "checkpoints"), filename="last", save_last=False,
                         save_top_k=1, every_n_epochs=1, enable_version_counter=False),
