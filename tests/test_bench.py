@@ -157,6 +157,17 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
         r = res["benchmarks"][key]["tiny"]
         assert r["ratio"] > 0 and r["a_median"] > 0 and r["b_median"] > 0
     assert "lightning_vs_plain" in (tmp_path / "bench.md").read_text()
+    assert res["command"] == "python -m biaskd.bench --quick --scenarios tiny"
+
+
+def test_the_60k_epoch_section_reports_each_setting_against_one_step_per_call():
+    from biaskd.bench.wall import format_epoch_60k
+
+    e = {"epochs": 2, "runs": [{"steps_per_call": k} for k in (1, 8, 8, 1)],
+         "fit_s_per_epoch": {1: 4.0, 8: 3.2}}
+    md = format_epoch_60k(e)
+    assert "| 1 | 4.00 | 1.000× |" in md and "| 8 | 3.20 | 1.250× |" in md
+    assert "runs in the order 1, 8, 8, 1 steps per call" in md
 
 
 def test_run_trainer_has_the_configured_bar_only_when_the_bar_is_enabled(tmp_path, compose_tiny):

@@ -42,7 +42,8 @@ import torch
 
 from biaskd.bench.loops import REPO, STEPS_PER_CALL, bench_lightning_overhead, bench_training
 from biaskd.bench.step_profile import format_profile, profile_lightning_step
-from biaskd.bench.wall import bench_cka, end_to_end, format_end_to_end, main_job_wall_time
+from biaskd.bench.wall import (bench_cka, end_to_end, epoch_60k, format_end_to_end, format_epoch_60k,
+                               main_job_wall_time)
 
 #: fewest optimizer steps in one measurement (quick, full)
 MIN_STEPS = {True: 150, False: 300}
@@ -142,14 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     if "mnist" in scenarios:
         print("[bench] mnist: profile of Lightning's per-step cost", flush=True)
         profile = profile_lightning_step("mnist")
-    e2e = None
+    e2e = e60k = None
     if "mnist" in scenarios:
         print("[bench] mnist: where a 100-epoch student's wall time goes", flush=True)
         e2e = end_to_end()
+        print("[bench] mnist: one epoch on the 60k digits, by steps per call", flush=True)
+        e60k = epoch_60k()
     print("[bench] CKA", flush=True)
     benchmarks["cka_fast_vs_naive"]["n=10000,d=512"] = bench_cka(10_000, 512, repeats)
     results = {
-        "command": "python -m biaskd.bench" + (" --quick" if args.quick else ""),
+        "command": "python -m biaskd.bench" + (" --quick" if args.quick else "")
+                   + (f" --scenarios {args.scenarios}" if args.scenarios != "mnist,sva" else ""),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     # other processes' load skews ratios (both sides are timed, but not at the same instant)
@@ -159,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmarks": benchmarks,
         "lightning_step_profile": profile,
         "end_to_end": e2e,
+        "epoch_60k": e60k,
         "main_job_wall_s": None if args.quick else main_job_wall_time(),
     }
     results["bench_wall_s"] = time.perf_counter() - start
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{_fmt_repeats(results['repeats'])} rounds (after a warm-up; every contender once per round, "
         f"in A B B A order) of a / b within a round; each training measurement covers "
         f"{_fmt_repeats(results['min_steps_per_measurement'])} steps or more (whole epochs).\n\n{table}\n{profile_md}"
-        + (format_end_to_end(e2e) if e2e else ""))
+        + (format_end_to_end(e2e) if e2e else "") + (format_epoch_60k(e60k) if e60k else ""))
     print(table)
 
 

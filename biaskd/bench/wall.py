@@ -54,8 +54,9 @@ def end_to_end(epochs: int = 100, seeds: tuple[int, ...] = (1, 2)) -> dict:
     runs = []
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for seed in seeds:
+            # a lone student: no teacher to train or compare with (teacher.compare)
             cfg = compose("config", overrides=["experiment=mnist_v2", "distill=none", f"trainer.max_epochs={epochs}",
-                                               f"seed={seed}", f"runs_dir={tmp}", "threads=1",
+                                               f"seed={seed}", f"runs_dir={tmp}", "threads=1", "teacher.compare=false",
                                                "trainer.enable_progress_bar=false"])
             t = time.perf_counter()
             run = train(cfg)
@@ -65,6 +66,48 @@ def end_to_end(epochs: int = 100, seeds: tuple[int, ...] = (1, 2)) -> dict:
                          "fit_share": phases["fit"] / total,
                          "fit_share_with_imports": phases["fit"] / (total + (imports if not runs else 0.0))})
     return {"epochs": epochs, "imports_s": imports, "runs": runs}
+
+
+def epoch_60k(epochs: int = 2, per_call: tuple[int, ...] = (1, 8, 8, 1)) -> dict | None:
+    """One epoch of protocol v3's student on MNIST's 54,000 training digits (``experiment=mnist_v3``,
+    independent MLP, one thread, progress bar off), in a run's real Trainer, at each number of
+    optimizer steps per ``training_step`` (``train.steps_per_call``) in ``per_call`` order (A B B A:
+    the two sides of the ratio are neighbours). None when the data directory lacks the 60k."""
+    from hydra import compose, initialize_config_dir
+
+    from biaskd.errors import MissingDataError
+    from biaskd.run.train import train
+    from biaskd.tools.cli import CONF_DIR
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for i, k in enumerate(per_call):
+            cfg = compose("config", overrides=["experiment=mnist_v3", "distill=none", f"trainer.max_epochs={epochs}",
+                                               f"seed={i + 1}", f"runs_dir={tmp}", "threads=1", "teacher.compare=false",
+                                               f"train.steps_per_call={k}", "trainer.enable_progress_bar=false"])
+            try:
+                run = train(cfg)
+            except MissingDataError as exc:  # the 60k training images are not in the data directory
+                print(f"[bench] 60k epoch skipped: {exc}", flush=True)
+                return None
+            phases = run.metrics["train"]["phases_s"]
+            runs.append({"steps_per_call": k, "fit_s_per_epoch": phases["fit"] / epochs, "phases_s": phases})
+    per_k = {k: statistics.median(r["fit_s_per_epoch"] for r in runs if r["steps_per_call"] == k)
+             for k in dict.fromkeys(per_call)}
+    return {"epochs": epochs, "runs": runs, "fit_s_per_epoch": per_k}
+
+
+def format_epoch_60k(e: dict) -> str:
+    ks = list(e["fit_s_per_epoch"])
+    base = e["fit_s_per_epoch"][ks[0]]
+    lines = ["\n## One epoch on MNIST's 60k training digits (protocol v3's student)\n",
+             f"`experiment=mnist_v3 distill=none teacher.compare=false trainer.max_epochs={e['epochs']} threads=1`, "
+             "54,000 digits (844 steps of 64) per epoch, the run's own Trainer; runs in the order "
+             + ", ".join(f"{r['steps_per_call']}" for r in e["runs"]) + " steps per call.\n",
+             "| `train.steps_per_call` | fit s per epoch (median) | vs one step per call |", "|---|---|---|"]
+    for k in ks:
+        lines.append(f"| {k} | {e['fit_s_per_epoch'][k]:.2f} | {base / e['fit_s_per_epoch'][k]:.3f}× |")
+    return "\n".join(lines) + "\n"
 
 
 def format_end_to_end(e: dict) -> str:
