@@ -157,7 +157,7 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
         for note in sc.notes:
             md.p(f"- input note: {note}")
         if not sc.runs:
-            md.missing(f"no complete run dirs under " + ", ".join(f"`{p}`" for p in sc.paths) + ".")
+            md.missing("no complete run dirs under " + ", ".join(f"`{p}`" for p in sc.paths) + ".")
             continue
         pair = reference.scenarios.get(name)
         _scenario_section(md, sc, pair.expected if pair else ())
@@ -220,7 +220,7 @@ def write_readme(out: Path, scenarios: dict[str, Scenario | None], claims: pd.Da
 
 def _scenario_section(md: Report, sc: Scenario, expected: Sequence[tuple[str, str, str | None]] = ()) -> None:
     name = sc.name
-    tables_wide, tables_long, sev_long, transfer = [], [], [], []
+    tables_long, sev_long, transfer = [], [], []
     for task in sc.tasks:
         lay = sc.layouts[task]
         md.h(3, f"Task `{task}`")

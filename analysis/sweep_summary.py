@@ -172,7 +172,7 @@ def write_summary(sweep_dir: str | Path, failed: int = 0) -> tuple[Path, str] | 
     n_seeds = summary["n"].max() if len(summary) else 0
     lines = [f"# Sweep summary: `{sweep_dir}`", "",
              f"{len(runs)} run(s) from the sweep's jobs" + (f", {failed} job(s) failed" if failed else "") +
-             f"; their teachers included. Mean ± 95% CI over seeds (Student t)"
+             "; their teachers included. Mean ± 95% CI over seeds (Student t)"
              + ("" if n_seeds > 1 else "; every configuration ran with one seed, so no intervals") + ".",
              f"Run dirs: [`{RUNS_FILE}`]({RUNS_FILE}); every number: [`summary.csv`](summary.csv), "
              f"[`paired.csv`](paired.csv); the full analysis: `python -m analysis.report {sweep_dir} --out <folder>`.", ""]

@@ -84,7 +84,7 @@ def make_wandb_logger(cfg: DictConfig, run: RunDir, meta: dict):
     )
 
 
-def _thumbnail(x) -> "np.ndarray":
+def _thumbnail(x):
     """An image input as 8-bit grey (or RGB) pixels, its own range stretched to 0..255."""
     import numpy as np
 

@@ -8,7 +8,7 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from biaskd.data import grammar as grammar_mod
 from biaskd.data.download import fetch, md5_file
