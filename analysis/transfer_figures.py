@@ -308,7 +308,12 @@ def declared_scenarios(names: Sequence[str]) -> dict[str, Scenario]:
 
 
 def from_tables(folder: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """The figures of a folder's tables. Each scenario is drawn as the folder's ``scenarios.csv``
+    declares it (written beside the map since it has been; a scenario renamed in a combined table
+    keeps its measure and headline); scenarios it does not name, and folders without it, as the
+    config declares their name (:func:`declared_scenarios`)."""
     from biaskd.errors import ArtifactError
+    from biaskd.scenario import read_table
 
     folder = Path(folder)
     if not (folder / "transfer_map.csv").is_file():
@@ -318,7 +323,15 @@ def from_tables(folder: str | Path, out: str | Path | None = None) -> dict[str, 
     map_frame = pd.read_csv(folder / "transfer_map.csv")
     bias = pd.read_csv(folder / "teacher_bias.csv") if (folder / "teacher_bias.csv").is_file() else pd.DataFrame()
     names = sorted(set(map_frame["scenario"]) | (set(bias["scenario"]) if not bias.empty else set()))
-    return draw_all(map_frame, bias, declared_scenarios(names), out)
+    declared = read_table(folder / "scenarios.csv") if (folder / "scenarios.csv").is_file() else {}
+    for name, scenario in list(declared.items()):
+        try:
+            bias_measure(scenario.measure)
+        except ArtifactError:  # a user's own measure, not importable here: its headline still leads
+            declared[name] = Scenario(name, "generic", scenario.headline)
+    scenarios = declared_scenarios([n for n in names if n not in declared])
+    scenarios.update({n: declared[n] for n in names if n in declared})
+    return draw_all(map_frame, bias, scenarios, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,10 @@ metric: the distilled student against the independent one and the self-distilled
 by seed (mean difference, 95% t-interval, paired t-test p), and the transferred share
 ``(m_KD - m_indep) / (m_teacher - m_indep)``. Beside it: what each teacher gave (its soft
 targets on the inputs it taught, :func:`biaskd.metrics.teacher_signal`), each teacher's bias
-measured directly, and the figures (:mod:`analysis.transfer_figures`).
+measured directly, and the figures (:mod:`analysis.transfer_figures`). ``scenarios.csv`` keeps
+each scenario's declaration (measure, headline) beside the tables, which
+``python -m analysis.merge_tables`` combines across folders; both commands write through
+:func:`write_map`.
 
     python -m analysis.transfer_map RUNS... --out results
 """
@@ -13,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
+import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +30,7 @@ import pandas as pd
 from analysis.bias import BiasMeasure, bias_measure, nan_mean
 from analysis.runs import Run, find_runs
 from analysis.tables import mean_ci, paired_test, transfer_ratio
-from biaskd.scenario import Scenario
+from biaskd.scenario import Scenario, write_table
 
 MAP_COLUMNS = ["scenario", "teacher", "student", "student_epochs", "temperature", "transfer_n", "objective", "metric",
                "n_seeds", "m_kd", "m_indep", "m_self", "m_teacher", "diff_vs_independent", "ci_half_width",
@@ -207,9 +213,12 @@ def summarize_over_seeds(frame: pd.DataFrame, by: Sequence[str], value: str = "v
 
 
 # -- command line --------------------------------------------------------------------------------------
+#: what makes a row of ``teacher_signal.csv`` / ``teacher_bias.csv`` (the rest are its values)
+SIGNAL_KEYS = ["scenario", "teacher", "distill", "student_epochs", "temperature", "transfer_n", "inputs"]
+BIAS_KEYS = ["scenario", "model", "measure", "x"]
+
+
 def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         runs = find_runs(*paths)
@@ -220,13 +229,45 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     if unmapped:  # said, never silently dropped: such runs need a cross-distilled student to make a cell
         print(f"transfer map: no cross-distilled student (with its teacher) in {', '.join(unmapped)}: "
               "no cells for them", file=sys.stderr)
+    signal = teacher_signal_frame(runs)
+    if not signal.empty:
+        signal = signal.groupby(SIGNAL_KEYS, dropna=False)[["n", "p_gold", "entropy", "top_not_gold"]].mean()
+        signal = signal.reset_index()
+    bias = summarize_over_seeds(teacher_bias_frame(runs), BIAS_KEYS)
+    return write_map(out, map_frame, per_seed, signal, bias, scenarios)
+
+
+def write_map(out: str | Path, map_frame: pd.DataFrame, per_seed: pd.DataFrame, signal: pd.DataFrame,
+              bias: pd.DataFrame, scenarios: dict[str, Scenario],
+              source: str = "`python -m analysis.transfer_map`") -> dict[str, Path]:
+    """Everything the map is written as, from its frames: ``transfer_map.csv``, the per-seed
+    values, each declared protocol (``conf/protocol/``) with cells of its scenarios here judged
+    (``claims_<name>.csv``, ``verdicts_<name>.csv``), ``teacher_signal.csv``, ``teacher_bias.csv``
+    (``bias``: summarized over seeds), ``scenarios.csv``, ``transfer_map.md`` and the figures.
+    Written into a temporary folder inside ``out`` and moved into ``out`` once all are written,
+    so that a failure leaves ``out`` as it was."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
+    try:
+        written = _write_map(tmp, map_frame, per_seed, signal, bias, scenarios, source)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {name: out / Path(path).name for name, path in written.items()}
+
+
+def _write_map(out: Path, map_frame: pd.DataFrame, per_seed: pd.DataFrame, signal: pd.DataFrame,
+               bias: pd.DataFrame, scenarios: dict[str, Scenario], source: str) -> dict[str, Path]:
     written = {"transfer_map": out / "transfer_map.csv", "per_seed": out / "transfer_map_per_seed.csv",
-               "teacher_signal": out / "teacher_signal.csv", "teacher_bias": out / "teacher_bias.csv"}
+               "teacher_signal": out / "teacher_signal.csv", "teacher_bias": out / "teacher_bias.csv",
+               "scenarios": out / "scenarios.csv"}
     map_frame.to_csv(written["transfer_map"], index=False, float_format="%.6g")
     per_seed.to_csv(written["per_seed"], index=False, float_format="%.6g")
     from analysis import protocol
 
-    judged = {}  # each declared protocol (conf/protocol/) with runs of its scenarios here
+    judged = {}  # each declared protocol (conf/protocol/) with cells of its scenarios here
     for name in protocol.available():
         declared = protocol.load(name)
         if not {c.scenario for c in declared} & set(map_frame["scenario"]):
@@ -236,19 +277,29 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
         written[f"claims_{name}"], written[f"verdicts_{name}"] = out / f"claims_{name}.csv", out / f"verdicts_{name}.csv"
         comparisons.to_csv(written[f"claims_{name}"], index=False, float_format="%.6g")
         verdicts.to_csv(written[f"verdicts_{name}"], index=False)
-    signal = teacher_signal_frame(runs)
-    keys = ["scenario", "teacher", "distill", "student_epochs", "temperature", "transfer_n", "inputs"]
-    if not signal.empty:
-        signal = signal.groupby(keys, dropna=False)[["n", "p_gold", "entropy", "top_not_gold"]].mean().reset_index()
     signal.to_csv(written["teacher_signal"], index=False, float_format="%.4g")
-    bias = teacher_bias_frame(runs)
-    summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]).to_csv(written["teacher_bias"], index=False,
-                                                                            float_format="%.4g")
-    written["markdown"] = write_markdown(out, map_frame, judged, signal, bias, scenarios)
+    bias.to_csv(written["teacher_bias"], index=False, float_format="%.4g")
+    write_table(written["scenarios"], scenarios.values())  # the declarations, so that the tables outlive the config
+    drawn = {name: _drawable(s) for name, s in scenarios.items()}
+    written["markdown"] = write_markdown(out, map_frame, judged, signal, bias, drawn, source)
     from analysis.transfer_figures import draw_all  # the figures, from these tables alone
 
-    written.update(draw_all(map_frame, summarize_over_seeds(bias, ["scenario", "model", "measure", "x"]), scenarios, out))
+    written.update(draw_all(map_frame, bias, drawn, out))
     return written
+
+
+def _drawable(scenario: Scenario) -> Scenario:
+    """``scenario``, or, where its measure is a user's own that cannot be imported here (tables
+    made elsewhere), the same name and headline with the generic measure (said on stderr)."""
+    from biaskd.errors import ArtifactError
+
+    try:
+        measure_of(scenario)
+    except ArtifactError as exc:
+        print(f"transfer map: {scenario.name}: {exc}; its markdown and figures use the generic measure's "
+              f"metric order (headline {scenario.headline})", file=sys.stderr)
+        return Scenario(scenario.name, "generic", scenario.headline)
+    return scenario
 
 
 def _md(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -262,10 +313,12 @@ def _md(frame: pd.DataFrame, digits: int = 3) -> str:
 
 
 def write_markdown(out: Path, map_frame: pd.DataFrame, judged: dict[str, pd.DataFrame], signal: pd.DataFrame,
-                   bias: pd.DataFrame, scenarios: dict[str, Scenario]) -> Path:
+                   bias: pd.DataFrame, scenarios: dict[str, Scenario],
+                   source: str = "`python -m analysis.transfer_map`") -> Path:
     """``transfer_map.md``: the verdicts, the headline rows of the map, what the teachers gave and
-    what they are, as tables (every number is in the CSVs beside it)."""
-    parts = ["# Transfer map\n", "Written by `python -m analysis.transfer_map`; every number is "
+    what they are (``bias``: summarized over seeds, as in ``teacher_bias.csv``), as tables (every
+    number is in the CSVs beside it)."""
+    parts = ["# Transfer map\n", f"Written by {source}; every number is "
              "in the CSVs beside this file. Δ = distilled − independent student (paired by seed, 95% t-interval "
              "half width ±); share = (m_KD − m_indep) / (m_teacher − m_indep).\n"]
     for name, claims in judged.items():
@@ -294,8 +347,7 @@ def write_markdown(out: Path, map_frame: pd.DataFrame, judged: dict[str, pd.Data
         parts += ["## What the teachers gave: their soft targets at T on the inputs they taught, and on the eval "
                   "splits\n", _md(signal), ""]
     if not bias.empty:
-        b = summarize_over_seeds(bias, ["scenario", "model", "measure", "x"])
-        parts += ["## The teachers' own bias (mean over seeds)\n", _md(b), ""]
+        parts += ["## The teachers' own bias (mean over seeds)\n", _md(bias), ""]
     path = out / "transfer_map.md"
     path.write_text("\n".join(parts) + "\n")
     return path

@@ -10,11 +10,16 @@ measures (accuracy per split, agreement, JS, CKA).
 ``measure`` names a bias measure of :mod:`analysis.bias` (``shift``: accuracy and prediction
 consistency under shifts, per OOD family; ``attractors``: accuracy per attractor count;
 ``generic``) or a user's own, as ``package.module:function``.
+
+Tables that outlive the config carry their scenarios' declarations beside them
+(:func:`write_table` / :func:`read_table`: ``scenarios.csv`` beside the transfer map).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import csv
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 GENERIC = "generic"
@@ -66,3 +71,33 @@ def of_record(meta: Mapping[str, Any]) -> Scenario:
     if known is None:
         return Scenario(task)
     return Scenario(f"{known.name}_lm" if lm else known.name, known.measure, known.headline)
+
+
+#: the columns of a table of declarations (one scenario a row)
+TABLE_COLUMNS = ("name", "measure", "headline")
+
+
+def write_table(path: str | Path, scenarios: Iterable[Scenario]) -> Path:
+    """The declarations as a CSV of :data:`TABLE_COLUMNS`, sorted by name."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(TABLE_COLUMNS)
+        writer.writerows((s.name, s.measure, s.headline) for s in sorted(scenarios, key=lambda s: s.name))
+    return path
+
+
+def read_table(path: str | Path) -> dict[str, Scenario]:
+    """The declarations of a table :func:`write_table` wrote, by name (an empty measure is
+    ``generic``, an empty headline ``test``)."""
+    from biaskd.errors import DataFormatError
+
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in TABLE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataFormatError(f"{path}: missing column(s) {', '.join(missing)} "
+                                  f"(has {', '.join(reader.fieldnames or []) or 'none'})")
+        rows = [r for r in reader if (r.get("name") or "").strip()]
+    return {r["name"]: Scenario(r["name"], r["measure"] or GENERIC, r["headline"] or "test") for r in rows}
