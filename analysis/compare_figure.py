@@ -60,7 +60,7 @@ def compare_figure(map_frame: pd.DataFrame, names: Sequence[str], path: Path, he
     if not cells:
         raise ArtifactError(f"transfer map: scenarios {', '.join(names)} share no cell "
                             f"(same {', '.join(CELL)})")
-    if headline is None:
+    if headline is None:  # as the config declares the first scenario's name
         from analysis.transfer_figures import declared_scenarios
 
         headline = declared_scenarios([names[0]])[names[0]].headline
@@ -122,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.scenarios) < 2:
         parser.error("name at least two scenarios to compare")
     out = Path(args.out) if args.out else folder / f"transfer_map_compare_{'_vs_'.join(args.scenarios)}.png"
-    path = compare_figure(pd.read_csv(folder / "transfer_map.csv"), args.scenarios, out, args.headline,
+    from analysis.transfer_figures import folder_scenarios
+
+    headline = args.headline or folder_scenarios(folder, args.scenarios[:1])[args.scenarios[0]].headline
+    path = compare_figure(pd.read_csv(folder / "transfer_map.csv"), args.scenarios, out, headline,
                           args.metrics.split(",") if args.metrics else None)
     print(path)
     return 0

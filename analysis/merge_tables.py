@@ -31,7 +31,8 @@ the config declares its name in that folder before renaming, so ``results/v3:lan
 keeps the grammar's measure and headline (A-accuracy) under its new name.
 
 Protocols name their scenarios: renaming a protocol's scenario takes the renamed rows out of its
-judgement (the rows still under the old name, from other folders, are judged; said on stderr).
+judgement (the rows still under the old name, from other folders, are judged; said on stderr);
+``--protocols v2,v3`` judges only those (``--protocols ''`` none).
 """
 from __future__ import annotations
 
@@ -310,11 +311,20 @@ def _protocol_notes(inputs: Sequence[Input]) -> None:
                      f"name {old}, so its rows from {inp.folder} are not judged by them")
 
 
-def merge(args: Sequence[str | tuple[str | Path, dict[str, str]]], out: str | Path) -> dict[str, Path]:
+def merge(args: Sequence[str | tuple[str | Path, dict[str, str]]], out: str | Path,
+          protocols: Sequence[str] | None = None) -> dict[str, Path]:
     """Merge the folders ``args`` (``IN_DIR[:OLD=NEW,...]`` strings or (folder, renames)), later ones
-    winning, and write the map re-derived from them into ``out``."""
+    winning, and write the map re-derived from them into ``out``; ``protocols``: judge only these
+    (default: every declared one whose scenarios appear)."""
     if not args:
         raise DataFormatError("no input folders to merge")
+    if protocols is not None:
+        from analysis import protocol
+
+        unknown = [p for p in protocols if p not in protocol.available()]
+        if unknown:
+            raise DataFormatError(f"--protocols: unknown protocol(s) {', '.join(unknown)} "
+                                  f"(conf/protocol/ has {', '.join(protocol.available())})")
     inputs = []
     for arg in args:  # every input read and checked before anything is computed or written
         folder, renames = parse_input(arg) if isinstance(arg, str) else (Path(arg[0]), dict(arg[1]))
@@ -340,7 +350,7 @@ def merge(args: Sequence[str | tuple[str | Path, dict[str, str]]], out: str | Pa
     _say(f"{len(per_seed)} per-seed rows, {len(cells)} cells, {len(map_frame)} map rows")
     source = ("`python -m analysis.merge_tables` from the per-seed tables of "
               + ", ".join(f"`{label}`" for label in labels) + " (a later one's rows replacing an earlier one's)")
-    return write_map(out, map_frame, per_seed, signal, bias, scenarios, source)
+    return write_map(out, map_frame, per_seed, signal, bias, scenarios, source, protocols)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,8 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a folder with transfer_map_per_seed.csv (teacher_signal.csv, teacher_bias.csv, "
                              "scenarios.csv optional); ':OLD=NEW' renames scenario OLD to NEW in its tables")
     parser.add_argument("--out", required=True, help="folder for the merged tables, verdicts and figures")
+    parser.add_argument("--protocols", help="comma-separated protocols to judge ('' for none; default: every "
+                                            "declared one whose scenarios appear), e.g. where a rename leaves "
+                                            "a protocol's scenario name to other runs")
     args = parser.parse_args(argv)
-    for name, path in merge(args.inputs, args.out).items():
+    protocols = None if args.protocols is None else [p for p in args.protocols.split(",") if p]
+    for name, path in merge(args.inputs, args.out, protocols).items():
         print(f"{name}: {path}")
     return 0
 

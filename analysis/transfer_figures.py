@@ -313,7 +313,6 @@ def from_tables(folder: str | Path, out: str | Path | None = None) -> dict[str, 
     keeps its measure and headline); scenarios it does not name, and folders without it, as the
     config declares their name (:func:`declared_scenarios`)."""
     from biaskd.errors import ArtifactError
-    from biaskd.scenario import read_table
 
     folder = Path(folder)
     if not (folder / "transfer_map.csv").is_file():
@@ -323,6 +322,16 @@ def from_tables(folder: str | Path, out: str | Path | None = None) -> dict[str, 
     map_frame = pd.read_csv(folder / "transfer_map.csv")
     bias = pd.read_csv(folder / "teacher_bias.csv") if (folder / "teacher_bias.csv").is_file() else pd.DataFrame()
     names = sorted(set(map_frame["scenario"]) | (set(bias["scenario"]) if not bias.empty else set()))
+    return draw_all(map_frame, bias, folder_scenarios(folder, names), out)
+
+
+def folder_scenarios(folder: str | Path, names: Sequence[str]) -> dict[str, Scenario]:
+    """The scenarios ``names`` of a folder of tables: as its ``scenarios.csv`` declares them, else
+    as the config declares their name (:func:`declared_scenarios`)."""
+    from biaskd.errors import ArtifactError
+    from biaskd.scenario import read_table
+
+    folder = Path(folder)
     declared = read_table(folder / "scenarios.csv") if (folder / "scenarios.csv").is_file() else {}
     for name, scenario in list(declared.items()):
         try:
@@ -331,7 +340,7 @@ def from_tables(folder: str | Path, out: str | Path | None = None) -> dict[str, 
             declared[name] = Scenario(name, "generic", scenario.headline)
     scenarios = declared_scenarios([n for n in names if n not in declared])
     scenarios.update({n: declared[n] for n in names if n in declared})
-    return draw_all(map_frame, bias, scenarios, out)
+    return scenarios
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -239,18 +239,20 @@ def build(paths: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
 
 def write_map(out: str | Path, map_frame: pd.DataFrame, per_seed: pd.DataFrame, signal: pd.DataFrame,
               bias: pd.DataFrame, scenarios: dict[str, Scenario],
-              source: str = "`python -m analysis.transfer_map`") -> dict[str, Path]:
+              source: str = "`python -m analysis.transfer_map`",
+              protocols: Sequence[str] | None = None) -> dict[str, Path]:
     """Everything the map is written as, from its frames: ``transfer_map.csv``, the per-seed
     values, each declared protocol (``conf/protocol/``) with cells of its scenarios here judged
     (``claims_<name>.csv``, ``verdicts_<name>.csv``), ``teacher_signal.csv``, ``teacher_bias.csv``
     (``bias``: summarized over seeds), ``scenarios.csv``, ``transfer_map.md`` and the figures.
+    ``protocols``: judge only these (default: every declared one with cells here).
     Written into a temporary folder inside ``out`` and moved into ``out`` once all are written,
     so that a failure leaves ``out`` as it was."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
     try:
-        written = _write_map(tmp, map_frame, per_seed, signal, bias, scenarios, source)
+        written = _write_map(tmp, map_frame, per_seed, signal, bias, scenarios, source, protocols)
         for path in sorted(tmp.iterdir()):
             os.replace(path, out / path.name)
     finally:
@@ -259,7 +261,8 @@ def write_map(out: str | Path, map_frame: pd.DataFrame, per_seed: pd.DataFrame, 
 
 
 def _write_map(out: Path, map_frame: pd.DataFrame, per_seed: pd.DataFrame, signal: pd.DataFrame,
-               bias: pd.DataFrame, scenarios: dict[str, Scenario], source: str) -> dict[str, Path]:
+               bias: pd.DataFrame, scenarios: dict[str, Scenario], source: str,
+               protocols: Sequence[str] | None = None) -> dict[str, Path]:
     written = {"transfer_map": out / "transfer_map.csv", "per_seed": out / "transfer_map_per_seed.csv",
                "teacher_signal": out / "teacher_signal.csv", "teacher_bias": out / "teacher_bias.csv",
                "scenarios": out / "scenarios.csv"}
@@ -268,7 +271,7 @@ def _write_map(out: Path, map_frame: pd.DataFrame, per_seed: pd.DataFrame, signa
     from analysis import protocol
 
     judged = {}  # each declared protocol (conf/protocol/) with cells of its scenarios here
-    for name in protocol.available():
+    for name in protocol.available() if protocols is None else protocols:
         declared = protocol.load(name)
         if not {c.scenario for c in declared} & set(map_frame["scenario"]):
             continue

@@ -254,3 +254,15 @@ def test_inputs_and_their_renames_on_the_command_line(tmp_path):
     src = folder(tmp_path / "a", rows())
     assert run(merge_tables.main, [f"{src}:vision=vision_old", "--out", str(tmp_path / "out")]) == 0
     assert set(pd.read_csv(tmp_path / "out" / "transfer_map.csv")["scenario"]) == {"vision_old"}
+
+
+def test_only_the_protocols_asked_for_are_judged(tmp_path, capsys):
+    cell = {"scenario": "vision_60k"}
+    src = folder(tmp_path / "a", rows(metric="ood_mean", **cell))
+    assert "claims_v3" not in merge_tables.merge([str(src)], tmp_path / "none", protocols=[])
+    assert not list((tmp_path / "none").glob("claims_*.csv"))
+    assert run(merge_tables.main, [str(src), "--out", str(tmp_path / "v3"), "--protocols", "v3"]) == 0
+    assert (tmp_path / "v3" / "claims_v3.csv").is_file()
+    assert run(merge_tables.main, [str(src), "--out", str(tmp_path / "x"), "--protocols", "v3,v9"]) == 2
+    assert "--protocols: unknown protocol(s) v9" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
