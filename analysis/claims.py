@@ -20,7 +20,7 @@ import yaml
 
 from analysis import agreement as agr
 from analysis import similarity, tables
-from analysis.runs import Run
+from analysis.runs import Run, is_independent
 from analysis.scenario import ALL_SPLITS, Scenario, arch
 from analysis.tables import Rule, claim_verdict, verdict
 from biaskd.errors import ConfigError
@@ -142,8 +142,8 @@ def _label(members: Sequence[tuple[int, Run]], what: str) -> str:
     return f"{'/'.join(models)} ({what})"
 
 
-def _kd_label(model: str, mode: str, key: tuple, many: bool) -> str:
-    teacher, a, t = key
+def _kd_label(model: str, key: tuple, many: bool) -> str:
+    mode, teacher, a, t = key
     s = f"{model} ({mode}<-{teacher})"
     return s + (f" α={a}, T={t}" if many else "")
 
@@ -154,7 +154,7 @@ def _ratio(sc: Scenario, task: str, members: Sequence[tuple[int, Run]], split: s
         return math.nan
     ids = {r.run_id for _, r in members}
     f = sc.frame[(sc.frame["task"] == task) & (sc.frame["split"] == split) & (sc.frame["metric"] == metric)]
-    t = tables.transfer_table(f[~((f["distill"] != "none") & ~f["run"].isin(ids))], metrics=[metric])
+    t = tables.transfer_table(f[is_independent(f) | f["run"].isin(ids)], metrics=[metric])
     return float(t["transfer_ratio"].iloc[0]) if len(t) == 1 else math.nan
 
 
@@ -200,7 +200,7 @@ def claims_transfer(sc: Scenario, claim: Claim, rule: Rule, pair: Pair) -> tuple
         models = sorted({r.model for r in sc.task_runs(task) if arch(r.model) in others})
         found = False
         for model in models:
-            groups = sc.distilled(task, model, "cross", biased)
+            groups = sc.distilled(task, model, lambda m: m.cross_distilled, biased)
             b = [(s, r) for s, r in sc.independent(task, arch(model)) if r.model == model]
             if not groups:
                 continue
@@ -209,7 +209,7 @@ def claims_transfer(sc: Scenario, claim: Claim, rule: Rule, pair: Pair) -> tuple
                 missing.append(f"`{task}`: no independent {model} runs to compare the distilled ones with")
                 continue
             for gkey, members in groups.items():
-                la = _kd_label(model, "cross", gkey, len(groups) > 1)
+                la = _kd_label(model, gkey, len(groups) > 1)
                 for split, sp in [(key, key)] + secondary:
                     primary = split == key and arch(model) == others[0]
                     rows.append(compare(claim.number, sc.name, task, (la, sc.per_seed(members, sp)),
@@ -278,14 +278,14 @@ def claims_closeness(sc: Scenario, claim: Claim, rule: Rule, pair: Pair,
     for task in sc.tasks:
         lay = sc.layouts[task]
         splits = lay.splits
-        models = sorted({r.model for r in sc.task_runs(task) if r.distill == "cross"})
+        models = sorted({r.model for r in sc.task_runs(task) if r.mode.cross_distilled})
         if not models:
             missing.append(f"`{task}`: no cross-distilled students")
             continue
         for model in models:
-            groups = sc.distilled(task, model, "cross")
+            groups = sc.distilled(task, model, lambda m: m.cross_distilled)
             for gkey, members in groups.items():
-                la = _kd_label(model, "cross", gkey, len(groups) > 1)
+                la = _kd_label(model, gkey, len(groups) > 1)
                 teacher_by_seed: dict[int, Run] = {}
                 for seed, r in members:
                     if r.run_id in sc.teacher_of:
@@ -304,9 +304,10 @@ def claims_closeness(sc: Scenario, claim: Claim, rule: Rule, pair: Pair,
 
                 cross = closeness(members)
                 baselines = [("independent", [(s, r) for s, r in sc.independent(task, arch(model)) if r.model == model])]
-                selfs = [m for g in sc.distilled(task, model, "self").values() for m in g]
+                selfs = [m for g in sc.distilled(task, model, lambda mode: mode.teacher_is_student).values()
+                         for m in g]
                 baselines.append(("self-distilled", selfs))
-                t_model = gkey[0]
+                t_model = gkey[1]
                 # the paper's direction (biased teacher -> first student architecture) decides the verdict
                 main_pair = arch(t_model or "") == biased and arch(model) == others[0]
                 for what, ms in baselines:

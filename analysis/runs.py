@@ -1,8 +1,9 @@
 """Read biaskd run dirs lazily, so a large sweep costs only its small JSON files.
 
 The format is :mod:`biaskd.record.schema`'s; files are loaded (and checked against the run's manifest)
-by :class:`biaskd.record.artifacts.RunDir`. :func:`load_run` validates the small files and fails with
-:class:`ArtifactError` naming the run and file; per-example arrays are read only when asked for
+by :class:`biaskd.record.artifacts.RunDir`. :func:`load_run` validates the small files (and that the
+recorded distillation mode is one of :data:`biaskd.modes.MODES`) and fails with :class:`ArtifactError`
+naming the run and file; per-example arrays are read only when asked for
 (:meth:`Run.outputs`, :meth:`Run.features`) and not cached, so iterating over a 50-run sweep
 never holds all their outputs at once. :func:`find_runs` leaves out what it cannot use, with one
 :class:`RunProblem` warning each; :func:`readable_runs` does the same for unreadable arrays.
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from biaskd.errors import ArtifactError, ArtifactWarning
+from biaskd.modes import MODES, Mode
 from biaskd.record import artifacts, schema
 from biaskd.record.artifacts import RunDir
 from biaskd.record.schema import Features, SplitOutputs
@@ -112,6 +114,12 @@ class Run:
     @property
     def distill(self) -> str:
         return str(self.meta["distill"])
+
+    @property
+    def mode(self) -> Mode:
+        """The distillation mode of :attr:`distill` (:data:`biaskd.modes.MODES`): ask it, not the
+        name, whether the run had a teacher (``mode.distilled``) and which (``mode.cross_distilled``, ...)."""
+        return recorded_mode(self.distill, str(self.path))
 
     @property
     def objective(self) -> str | None:
@@ -271,6 +279,32 @@ class Run:
             raise ArtifactError(f"run {self.run_id}: {exc}") from None
 
 
+def recorded_mode(name: str, where: str) -> Mode:
+    """The mode a run recorded as ``distill``; an ArtifactError naming the run (``where``) and the
+    mode if :data:`biaskd.modes.MODES` has none of that name."""
+    if name not in MODES:
+        raise ArtifactError(f"run {where}: meta.json records distill mode {name!r}, which is not one of "
+                            f"{', '.join(MODES)} (biaskd.modes.MODES)")
+    return MODES[name]
+
+
+def mode_flag(frame: pd.DataFrame, prop: str) -> pd.Series:
+    """``prop`` (a :class:`~biaskd.modes.Mode` property: ``distilled``, ``teacher_is_student``,
+    ``cross_distilled``, ...) of each row's mode, read off its ``distill`` column, as a boolean
+    Series on ``frame``'s index; an ArtifactError naming any mode :data:`biaskd.modes.MODES` lacks."""
+    distill = frame["distill"]
+    known = distill.isin(list(MODES))
+    if not known.all():
+        raise ArtifactError(f"distill mode(s) {', '.join(sorted({str(d) for d in distill[~known]}))} in the "
+                            f"table are not among {', '.join(MODES)} (biaskd.modes.MODES)")
+    return distill.isin([name for name, m in MODES.items() if getattr(m, prop)])
+
+
+def is_independent(frame: pd.DataFrame) -> pd.Series:
+    """Rows of runs trained without a teacher signal (the independent control; teachers too)."""
+    return ~mode_flag(frame, "distilled")
+
+
 def order_splits(splits: Iterable[str]) -> list[str]:
     """``test`` first, then the rest alphabetically (``attractors_1`` < ``attractors_2``)."""
     s = sorted(set(splits))
@@ -293,6 +327,7 @@ def load_run(path: str | os.PathLike) -> Run:
     if not (path / schema.COMPLETE).exists():
         raise IncompleteRunError(f"run {label} is incomplete (no COMPLETE marker)")
     meta = schema.check_meta(_read_json(path / schema.META, label), label)
+    recorded_mode(str(meta["distill"]), label)
     metrics = schema.check_metrics(_read_json(path / schema.METRICS, meta["run_id"]), f"{meta['run_id']} ({path})")
     return Run(path, meta, metrics)
 

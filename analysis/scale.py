@@ -110,7 +110,7 @@ def scale_facts(sc: Scenario) -> pd.DataFrame:
         for model in sorted({r.model for r in runs}):
             add(f"model `{model}`", _model_desc(next(r for r in runs if r.model == model)), "config.yaml `model`, model.pt")
         kd = sorted({(r.distill, r.objective or "kd", r.alpha, r.temperature,
-                      (r.meta.get("objective_options") or {}).get("t_squared")) for r in runs if r.distill != "none"},
+                      (r.meta.get("objective_options") or {}).get("t_squared")) for r in runs if r.mode.distilled},
                     key=str)
         add("distillation", "; ".join(f"{d}: {o}, α={a}, T={t}" + {True: ", with T²", False: ", without T²"}.get(t2, "")
                                       for d, o, a, t, t2 in kd) or "none", "meta.json (`objective_options`)")

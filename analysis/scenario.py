@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from biaskd.errors import ArtifactError
+from biaskd.modes import MODES, Mode
 
 from analysis import figures, tables
 from analysis.bias import bias_measure
-from analysis.runs import Run, find_runs, order_splits, runs_frame, with_teachers
+from analysis.runs import Run, find_runs, is_independent, mode_flag, order_splits, runs_frame, with_teachers
 
 #: Derived pseudo-splits added to the metrics frame (accuracy only).
 OOD_MEAN = "ood_mean"
@@ -173,7 +174,7 @@ class Scenario:
     # members are (seed, run) pairs: a teacher appears once per seed of the students it taught
     def independent(self, task: str, arch_name: str) -> list[tuple[int, Run]]:
         return [(r.seed, r) for r in self.task_runs(task)
-                if arch(r.model) == arch_name and r.distill == "none" and r.role != "teacher"]
+                if arch(r.model) == arch_name and not r.mode.distilled and r.role != "teacher"]
 
     def teachers(self, task: str, arch_name: str) -> list[tuple[int, Run]]:
         out = []
@@ -182,13 +183,15 @@ class Scenario:
                 out += [(s, r) for s in sorted(self.taught[r.run_id])]
         return out
 
-    def distilled(self, task: str, model: str, mode: str, teacher_arch: str | None = None) -> dict[tuple, list[tuple[int, Run]]]:
-        """KD students of ``model`` by (objective, alpha, temperature) configuration."""
+    def distilled(self, task: str, model: str, which: Callable[[Mode], bool],
+                  teacher_arch: str | None = None) -> dict[tuple, list[tuple[int, Run]]]:
+        """KD students of ``model`` in the modes ``which`` accepts (e.g. ``lambda m: m.cross_distilled``),
+        by (mode, teacher model, alpha, temperature) configuration."""
         groups: dict[tuple, list[tuple[int, Run]]] = defaultdict(list)
         for r in self.task_runs(task):
-            if (r.model == model and r.distill == mode and (r.objective or "kd") == "kd"
+            if (r.model == model and which(r.mode) and (r.objective or "kd") == "kd"
                     and (teacher_arch is None or arch(r.teacher_model or "") == teacher_arch)):
-                groups[(r.teacher_model, r.alpha, r.temperature)].append((r.seed, r))
+                groups[(r.distill, r.teacher_model, r.alpha, r.temperature)].append((r.seed, r))
         return dict(sorted(groups.items(), key=lambda kv: str(kv[0])))
 
     def per_seed(self, members: Sequence[tuple[int, Run]], split: str, metric: str = "accuracy") -> pd.Series:
@@ -240,7 +243,7 @@ def load_scenario(name: str, paths: Sequence[str | Path], keep: Callable[[Run], 
     keys = {r.run_id: task_key(r) for r in sc.runs}
     frame["task"] = frame["run"].map(keys)
     for r in sc.runs:
-        if r.teacher_path is None or r.distill == "none":
+        if r.teacher_path is None or not r.mode.distilled:
             continue
         try:
             t = r.teacher
@@ -248,7 +251,7 @@ def load_scenario(name: str, paths: Sequence[str | Path], keep: Callable[[Run], 
             sc.notes.append(str(exc))
             continue
         sc.teacher_of[r.run_id] = t
-        if r.distill == "cross":
+        if r.mode.cross_distilled:
             sc.taught[t.run_id].add(r.seed)
     for task, ft in frame.groupby("task"):
         sc.layouts[task] = Layout.of(layout_kind(sc, task), ft["split"].unique())
@@ -271,7 +274,7 @@ def _config_labels(frame: pd.DataFrame) -> pd.Series:
     """``mlp / cross<-cnn``; distinct KD settings under one label get ``(α=…, T=…)`` appended."""
     base = figures.config_label(frame)
     extra = pd.Series("", index=frame.index)
-    kd = frame["distill"] != "none"
+    kd = ~is_independent(frame)
     settings = (frame["alpha"].map(str) + "/" + frame["temperature"].map(str)) if "alpha" in frame else None
     if settings is not None:
         for label in base[kd].unique():
@@ -348,7 +351,7 @@ def transfer_rows(sc: Scenario, task: str) -> pd.DataFrame:
     t = tables.transfer_table(f, metrics=sorted({m for _, _, m in cols}))
     if t.empty:
         return t
-    t = t[(t["distill"] != "self") & (t["model"] != t["teacher_model"])]
+    t = t[~mode_flag(t, "teacher_is_student") & (t["model"] != t["teacher_model"])]
     order = {(sp, m): i for i, (_, sp, m) in enumerate(cols)}
     header = {(sp, m): h for h, sp, m in cols}
     t = t[[(sp, m) in order for sp, m in zip(t["split"], t["metric"])]].copy()
@@ -364,5 +367,6 @@ def missing_configs(sc: Scenario, task: str, expected: Iterable[tuple[str, str, 
     runs = sc.task_runs(task)
     have = {(arch(r.model), r.distill, arch(r.teacher_model) if r.teacher_model else None) for r in runs}
     have |= {(arch(r.model), "none", None) for r in runs if r.role == "teacher"}
-    return [f"{m} ({d}" + (f"<-{t})" if d == "cross" else ")") for m, d, t in expected
+    shows_teacher = {name for name, mode in MODES.items() if mode.cross_distilled}
+    return [f"{m} ({d}" + (f"<-{t})" if d in shows_teacher else ")") for m, d, t in expected
             if (m, d, t) not in have]

@@ -13,7 +13,7 @@ import pandas as pd
 from analysis import agreement as agr
 from analysis import calibration, figures, tables
 from analysis.markdown import Report
-from analysis.runs import Run, order_splits
+from analysis.runs import Run, is_independent, order_splits
 from analysis.style import metric_label
 
 #: Metrics shown in the per-split tables when present (others still go to the CSV).
@@ -125,7 +125,7 @@ def agreement_pairs(runs: list[Run]) -> tuple[list[tuple[Run, Run]], list[str]]:
     """(student, teacher) for every student with a loadable teacher, plus, as a baseline,
     (independent run of the student's model, same teacher) matched by seed when possible."""
     pairs, problems = [], []
-    indep = [r for r in runs if r.distill == "none"]
+    indep = [r for r in runs if not r.mode.distilled]
     ids = {r.run_id for r in runs}
     seen = set()
     for r in runs:
@@ -169,7 +169,7 @@ def agreement_configs(at: pd.DataFrame, style) -> tuple[pd.DataFrame, list[str]]
     from analysis.style import KINDS, kind
 
     at = at.assign(config=style.labels(at))
-    none = at["distill"] == "none"
+    none = is_independent(at)
     at.loc[none, "config"] = at.loc[none, "config"] + " (vs " + at.loc[none, "reference_model"] + " teacher)"
     ranks = {c: (str(ref), KINDS.get(kind(row), KINDS["other"])[1])
              for c, ref, row in zip(at["config"], at["reference_model"], at.to_dict("records"))}

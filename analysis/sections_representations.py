@@ -14,7 +14,7 @@ from biaskd.errors import ArtifactError
 from analysis import agreement as agr
 from analysis import figures, maps, similarity, tables
 from analysis.markdown import Report
-from analysis.runs import Run
+from analysis.runs import Run, is_independent
 from analysis.sections_metrics import agreement_pairs, style_row, with_config
 from analysis.style import legend_outside, metric_label, split_label
 
@@ -80,7 +80,7 @@ def _similarity_to_teacher(rep: Report, runs: list[Run], S: pd.DataFrame, measur
     d = pd.DataFrame([{**style_row(s), "value": S.loc[s.run_id, t.run_id], "reference": t.model}
                       for s, t in pairs if s.run_id in S.index and t.run_id in S.index])
     d = with_config(rep, d)
-    none = d["distill"] == "none"
+    none = is_independent(d)
     d.loc[none, "config"] = d.loc[none, "config"] + " (vs " + d.loc[none, "reference"] + " teacher)"
     s = tables.summarize(d, by=["config"])
     rep.p(f"**{measure} with the teacher** (distill = none: independent student of the same seed)")
@@ -123,8 +123,8 @@ def section_basins(rep: Report, runs: list[Run], max_pairs: int = 3) -> None:
           "A barrier near 0 means both solutions lie in one basin.")
     pairs = []
     for r in runs:
-        if r.role == "student" and r.distill == "cross" and (r.objective or "kd") == "kd":
-            twins = [o for o in runs if o.role == "student" and o.distill == "none" and o.model == r.model
+        if r.role == "student" and r.mode.cross_distilled and (r.objective or "kd") == "kd":
+            twins = [o for o in runs if o.role == "student" and not o.mode.distilled and o.model == r.model
                      and o.task == r.task and o.seed == r.seed]
             if twins:
                 pairs.append((twins[0], r))

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.runs import is_independent, mode_flag
+
 #: Columns identifying a training configuration; rows that differ only in seed are pooled.
 CONFIG_KEYS = ["task", "model", "role", "distill", "objective", "teacher_model", "alpha", "temperature", "transfer"]
 NO_CI_NOTE = "n=1: no confidence interval"
@@ -103,12 +105,12 @@ def _seed_values(frame: pd.DataFrame) -> pd.Series:
 
 
 def _independent(frame: pd.DataFrame, task, split, metric, model, prefer_role: str, transfer=None) -> pd.DataFrame:
-    """Runs of ``model`` trained without distillation (``distill == "none"``); among them the
+    """Runs of ``model`` trained without distillation (:func:`~analysis.runs.is_independent`); among them the
     ones with role ``prefer_role`` if there are any (a teacher of the student's architecture,
     e.g. for self-distillation, is not the independent student and vice versa). With a
     ``transfer`` column, only runs on the same transfer inputs (``""``: none) count: a student
     distilled on extra inputs is compared with the control trained on them with gold labels."""
-    rows = frame[(frame["distill"] == "none") & (frame["task"] == task) & (frame["split"] == split)
+    rows = frame[is_independent(frame) & (frame["task"] == task) & (frame["split"] == split)
                  & (frame["metric"] == metric) & (frame["model"] == model)]
     if "transfer" in frame:
         rows = rows[rows["transfer"].fillna("") == ("" if transfer is None or transfer != transfer else transfer)]
@@ -124,9 +126,9 @@ def _kd_keys(frame: pd.DataFrame) -> list[str]:
 
 def _kd_configurations(frame: pd.DataFrame, keys: list[str]) -> Iterator[tuple[dict, pd.DataFrame, pd.DataFrame]]:
     """(configuration, its distilled runs' rows, the rows of its model's independent students) for
-    every distilled-student configuration in ``frame`` (``distill != "none"`` with a teacher
+    every distilled-student configuration in ``frame`` (a distilled mode, with a teacher
     model), grouped by ``keys``, in sorted order."""
-    kd_all = frame[(frame["distill"] != "none") & frame["teacher_model"].notna()]
+    kd_all = frame[mode_flag(frame, "distilled") & frame["teacher_model"].notna()]
     for key, kd in kd_all.groupby(keys, dropna=False, sort=True):
         rec = dict(zip(keys, key))
         yield rec, kd, _independent(frame, rec["task"], rec["split"], rec["metric"], rec["model"],
@@ -146,11 +148,11 @@ def _welch_half_width(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> f
 def transfer_table(frame: pd.DataFrame, min_gap: float = 1e-9, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Transfer ratio per scenario (task), split, metric and distilled-student configuration.
 
-    * student_KD: runs with ``distill != "none"`` and a ``teacher_model``;
-    * student_indep: runs of the student's model with ``distill == "none"`` (role ``student``
+    * student_KD: runs of a distilled mode (``Mode.distilled``) with a ``teacher_model``;
+    * student_indep: runs of the student's model without a teacher (role ``student``
       when there are such runs, so a teacher of the same architecture is not counted);
     * teacher: the runs the KD students name as ``teacher_run`` if they are in ``frame``,
-      otherwise independent (``distill == "none"``) runs of ``teacher_model``
+      otherwise independent runs of ``teacher_model``
       (``teacher_source`` says which).
 
     Means are over seeds. ``note`` flags a ratio that is undefined (gap ~ 0, or a side

@@ -42,6 +42,13 @@ class Mode:
         """Whether the teacher trains alongside the student (part of its module, state and optimizer)."""
         return self.teacher == "online"
 
+    @property
+    def cross_distilled(self) -> bool:
+        """Whether the student learns from a teacher of another model, trained before it as a run
+        of its own (``cross``): neither self-distillation nor online. The runs the analysis asks
+        whether a teacher's bias transferred to."""
+        return self.trained_teacher and not self.teacher_is_student
+
     def teacher_model(self, cfg: Any) -> Any:
         """The config node of the teacher's model, or None."""
         return cfg.teacher.model if self.teacher_from_config else None
