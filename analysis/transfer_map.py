@@ -89,13 +89,13 @@ def build_cells(runs: Sequence[Run]) -> dict[tuple, dict[int, dict[str, Run]]]:
     for r in runs:
         if r.role != "student":
             continue
-        if r.distill == "none":
+        if not r.mode.distilled:
             indep[_key(r)] = r
-        elif r.distill == "self":
+        elif r.mode.trained_teacher and r.mode.teacher_is_student:
             self_runs[(*_key(r), _t_key(temperature_of(r)), objective_of(r))] = r
     cells: dict[tuple, dict[int, dict[str, Run]]] = defaultdict(dict)
     for r in runs:
-        if r.role != "student" or r.distill != "cross":
+        if r.role != "student" or not r.mode.cross_distilled:
             continue
         scenario, model, epochs, n, seed = _key(r)
         t, objective = temperature_of(r), objective_of(r)
@@ -172,7 +172,7 @@ def teacher_signal_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
     rows = []
     for r in runs:
-        if r.role != "student" or r.distill not in ("self", "cross"):
+        if r.role != "student" or not r.mode.trained_teacher:
             continue
         base = {"scenario": scenario_of(r).name, "teacher": r.teacher_model, "student": r.model, "distill": r.distill,
                 "student_epochs": epochs_of(r), "temperature": r.temperature, "transfer_n": r.transfer_n,

@@ -24,6 +24,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis import tables
+from analysis.runs import recorded_mode
 from analysis.scenario import A_MEAN, ATTRACTORS, OOD_MEAN, Layout, load_scenario
 from analysis.markdown import markdown_table
 
@@ -31,11 +32,12 @@ from analysis.markdown import markdown_table
 def condition(row) -> str:
     if row["role"] == "teacher":
         return f"teacher ({row['model']})"
-    if row["distill"] == "none":
+    mode = recorded_mode(row["distill"], str(row.get("run", "")))
+    if not mode.distilled:
         return CONTROL
     objective = row.get("objective")
     suffix = f" [{objective}]" if isinstance(objective, str) and objective != "kd" else ""
-    if row["distill"] == "self":
+    if mode.teacher_is_student:
         return SELF + suffix
     return f"distilled from {row['teacher_model']}{suffix}"
 
