@@ -103,6 +103,13 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "train.batch_size", low=0, low_open=True, integer=True)
     if OmegaConf.select(cfg, "train.steps_per_call") is not None:
         _number(cfg, "train.steps_per_call", low=1, integer=True)
+        per_call = _get(cfg, "train.steps_per_call")
+        for key in ("limit_train_batches", "val_check_interval"):  # Lightning counts these in calls
+            value = OmegaConf.select(cfg, f"trainer.{key}")
+            if per_call > 1 and isinstance(value, int) and not isinstance(value, bool):
+                raise ConfigError(f"config key 'trainer.{key}' = {value} counts training_step calls, and with "
+                                  f"train.steps_per_call={per_call} each call takes {per_call} batches: give it "
+                                  "as a fraction of the epoch (e.g. 0.5) or set train.steps_per_call=1")
     _number(cfg, "trainer.max_epochs", low=0, low_open=True, integer=True)
     _choice(cfg, "train.optimizer", OPTIMIZERS)
     if OmegaConf.select(cfg, "train.lr_schedule") is not None:

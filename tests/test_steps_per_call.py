@@ -95,3 +95,9 @@ def test_groups_are_the_batches_in_order():
 def test_bad_steps_per_call_names_the_key(compose_tiny, value):
     with pytest.raises(ConfigError, match="train.steps_per_call"):
         train(compose_tiny(f"train.steps_per_call={value}"))
+
+
+@pytest.mark.parametrize("key", ["limit_train_batches", "val_check_interval"])
+def test_batch_counts_of_the_trainer_are_refused_when_calls_hold_several_batches(compose_tiny, key):
+    with pytest.raises(ConfigError, match=f"trainer.{key}' = 3 counts training_step calls"):
+        train(compose_tiny("train.steps_per_call=4", f"+trainer.{key}=3"))
