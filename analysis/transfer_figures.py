@@ -45,6 +45,12 @@ def _seeds(f: pd.DataFrame) -> str:
     return f"n = {hi} seeds" if lo == hi else f"n = {lo}–{hi} seeds"
 
 
+def _with_seed_range(label: str, n_seeds: pd.Series) -> str:
+    """``cnn_gp, T = 5 (n=5)``, or ``(n=1–5)`` where the points of a line have different seed counts."""
+    lo, hi = int(n_seeds.min()), int(n_seeds.max())
+    return style.with_n(label, lo) if lo == hi else f"{label} (n={lo}–{hi})"
+
+
 def shared_limit(map_frame: pd.DataFrame, scenarios: dict[str, Scenario]) -> float:
     """The one colour limit of every heatmap: the largest |Δ| (with its interval) of any headline cell."""
     values = []
@@ -168,7 +174,7 @@ def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Pa
             label = cell_label(teacher, objective, t) + (f", N = {n:,}" if f["transfer_n"].nunique() > 1 else "")
             ax.errorbar(g["student_epochs"], g["diff_vs_independent"], yerr=g["ci_half_width"], marker="o", capsize=3,
                         color=style.model_colour(teacher), ls="--" if t == 1 else "-",
-                        label=style.with_n(label, g["n_seeds"].min()))
+                        label=_with_seed_range(label, g["n_seeds"]))
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xscale("log")
         ax.minorticks_off()
