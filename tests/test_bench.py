@@ -240,3 +240,26 @@ def test_tensor_batches_moved_to_a_device_cut_the_same_batches_there_and_leave_t
     assert [tuple(b["x"].shape) for b in meta] == [tuple(b["x"].shape) for b in cpu]
     assert [tuple(b["idx"].shape) for b in meta] == [tuple(b["idx"].shape) for b in cpu]
     assert TensorBatches(split, 8).to("cpu").split is split  # already there: nothing copied
+
+
+def test_the_wall_time_sections_time_a_lone_student(monkeypatch):
+    """No teacher is trained or compared inside the timed runs (mnist_v2 and mnist_v3 compare
+    independents with their teacher, which would put a teacher's training in the student's time)."""
+    import types
+
+    import biaskd.run.train as train_mod
+    from biaskd.bench import wall
+
+    seen = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        phases = {"data": 0.0, "teacher": 0.0, "setup": 0.0, "fit": 1.0, "evaluate": 0.0}
+        return types.SimpleNamespace(metrics={"train": {"phases_s": phases}})
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    monkeypatch.setattr(wall.subprocess, "run", lambda *a, **k: None)
+    wall.end_to_end(epochs=1, seeds=(1,))
+    e = wall.epoch_60k(epochs=1, per_call=(1, 8))
+    assert len(seen) == 3 and all(cfg.teacher.compare is False and cfg.distill.mode == "none" for cfg in seen)
+    assert [cfg.train.steps_per_call for cfg in seen[1:]] == [1, 8] and e["fit_s_per_epoch"] == {1: 1.0, 8: 1.0}
