@@ -271,9 +271,7 @@ def test_the_wall_time_sections_time_a_lone_student(monkeypatch):
 
 def test_the_subnormal_section_starts_from_a_fitted_student_with_subnormal_moments():
     from biaskd.bench import subnormal
-    from biaskd.record import reproduce
 
-    reproduce.flush_denormal(False)  # a run earlier in this process may have left flushing on
     model, opt, x, y = subnormal._fitted_student()
     assert F.cross_entropy(model(x), y).item() == 0.0  # fitted: the loss a 400-epoch student prints
     tiny = torch.finfo(torch.float32).tiny

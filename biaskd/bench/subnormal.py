@@ -50,9 +50,8 @@ def _fitted_student(seed: int = 0, batch: int = 64):
 
 
 def _steps(flush: bool, steps: int) -> float:
-    reproduce.flush_denormal(False)  # the moments are written as subnormals, whatever the process had set
-    model, opt, x, y = _fitted_student()
     reproduce.flush_denormal(flush)
+    model, opt, x, y = _fitted_student()
     start = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad()
