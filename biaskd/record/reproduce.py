@@ -54,26 +54,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-#: whether this process flushes subnormal floats to zero (:func:`flush_denormal`); None: never set
-_FLUSH_DENORMAL: bool | None = None
-
-
-def flush_denormal(on: bool) -> bool:
-    """Flush subnormal floats (|x| < 1.2e-38 in float32) to zero on this CPU, or stop flushing;
-    returns whether flushing is in effect (False where the CPU cannot). Values that small cannot
-    move a weight, but they are slow: once a student fits its training set, Adam's moment
-    estimates decay through them and an optimizer step costs several times more (``train.py``'s
-    ``flush_denormal`` key). A process-wide setting of the calling thread and of the threads
-    it starts later, recorded in :func:`machine_signature`."""
-    global _FLUSH_DENORMAL
-    _FLUSH_DENORMAL = bool(torch.set_flush_denormal(bool(on))) and bool(on)
-    return _FLUSH_DENORMAL
-
-
 def machine_signature(threads: int | None = None) -> dict[str, str]:
     """What decides the floating-point bits of a CPU run besides the code: the CPU, the kernel
-    set PyTorch dispatches to, library versions, the thread count and whether subnormal floats
-    are flushed to zero (once :func:`flush_denormal` has set it)."""
+    set PyTorch dispatches to, library versions and the thread count."""
     sig = {
         "machine": platform.machine(),
         "cpu": _cpu_model(),
@@ -82,8 +65,6 @@ def machine_signature(threads: int | None = None) -> dict[str, str]:
         "numpy": np.__version__,
         "threads": str(threads if threads is not None else torch.get_num_threads()),
     }
-    if _FLUSH_DENORMAL is not None:
-        sig["flush_denormal"] = str(_FLUSH_DENORMAL)
     sig.update({k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)})
     return sig
 

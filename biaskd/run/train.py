@@ -30,7 +30,7 @@ from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, LogIn
                                      TrainingPathRecorder, batched_features)
 from biaskd.modules.lm import verb_prefix
 from biaskd.quiet import quiet_libraries
-from biaskd.record import artifacts, reproduce, schema
+from biaskd.record import artifacts, schema
 from biaskd.record.artifacts import RunDir
 from biaskd.record.identity import run_dir_for, run_meta
 from biaskd.record.sweep import duration
@@ -65,8 +65,6 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir | None:
     repair = bool(cfg.get("repair", False))
     distributed.launch(cfg.trainer)  # the other processes start here, if the trainer asks for them
     set_threads(int(cfg.get("threads", 0) or 0))
-    # a config from before the key (a run being reproduced) ran with subnormals kept
-    reproduce.flush_denormal(bool(cfg.get("flush_denormal", False)))
     start = time.perf_counter()
     data = data or build_data(cfg)
     data_s = time.perf_counter() - start
