@@ -30,7 +30,7 @@ TEACHER_PROTOCOL = 2
 
 # keys that do not change what is computed (where things live, how it is displayed)
 _NOT_IDENTITY = {
-    "runs_dir", "data_dir", "logger", "experiment_name", "threads", "hydra", "summary", "repair", "sweep_note",
+    "runs_dir", "data_dir", "logger", "experiment_name", "threads", "flush_denormal", "hydra", "summary", "repair", "sweep_note",
     "optimized_metric", "scenario",
     "callbacks",  # Lightning callbacks that only watch a run (progress bar); ones that change it: train.callbacks
 }
@@ -111,6 +111,8 @@ def validate(cfg: DictConfig) -> None:
                                   f"train.steps_per_call={per_call} each call takes {per_call} batches: give it "
                                   "as a fraction of the epoch (e.g. 0.5) or set train.steps_per_call=1")
     _number(cfg, "trainer.max_epochs", low=0, low_open=True, integer=True)
+    if not isinstance(cfg.get("flush_denormal", False), bool):
+        raise ConfigError(f"config key 'flush_denormal' must be true or false, got {cfg.get('flush_denormal')!r}")
     _choice(cfg, "train.optimizer", OPTIMIZERS)
     if OmegaConf.select(cfg, "train.lr_schedule") is not None:
         _choice(cfg, "train.lr_schedule", LR_SCHEDULES)

@@ -9,6 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from biaskd.bench import loops, tables
 from biaskd.data.base import Split, TensorBatches
@@ -157,6 +158,9 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
         r = res["benchmarks"][key]["tiny"]
         assert r["ratio"] > 0 and r["a_median"] > 0 and r["b_median"] > 0
     assert "lightning_vs_plain" in (tmp_path / "bench.md").read_text()
+    if res["subnormal_kept_vs_flushed"] is not None:  # None where the CPU cannot flush
+        assert res["subnormal_kept_vs_flushed"]["ratio"] > 0
+        assert "subnormals kept" in (tmp_path / "bench.md").read_text()
     assert res["command"] == "python -m biaskd.bench --quick --scenarios tiny"
 
 
@@ -263,3 +267,29 @@ def test_the_wall_time_sections_time_a_lone_student(monkeypatch):
     e = wall.epoch_60k(epochs=1, per_call=(1, 8))
     assert len(seen) == 3 and all(cfg.teacher.compare is False and cfg.distill.mode == "none" for cfg in seen)
     assert [cfg.train.steps_per_call for cfg in seen[1:]] == [1, 8] and e["fit_s_per_epoch"] == {1: 1.0, 8: 1.0}
+
+
+def test_the_subnormal_section_starts_from_a_fitted_student_with_subnormal_moments():
+    from biaskd.bench import subnormal
+    from biaskd.record import reproduce
+
+    reproduce.flush_denormal(False)  # a run earlier in this process may have left flushing on
+    model, opt, x, y = subnormal._fitted_student()
+    assert F.cross_entropy(model(x), y).item() == 0.0  # fitted: the loss a 400-epoch student prints
+    tiny = torch.finfo(torch.float32).tiny
+    moments = torch.cat([s[k].flatten() for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq")])
+    share = ((moments > 0) & (moments < tiny)).float().mean().item()
+    assert share == pytest.approx(subnormal.SUBNORMAL_SHARE, abs=0.01)
+    for _ in range(20):  # the timed steps keep it fitted
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert F.cross_entropy(model(x), y).item() == 0.0
+
+
+def test_the_subnormal_section_reports_kept_over_flushed():
+    from biaskd.bench.subnormal import format_subnormal
+
+    md = format_subnormal({"ratio": 2.0, "kept_ms": 4.0, "flushed_ms": 2.0, "rounds": 3, "steps": 50,
+                           "subnormal_share": 1 / 3})
+    assert "4.00 ms per step with subnormals kept, 2.00 ms flushed — kept ÷ flushed 2.00×" in md

@@ -18,7 +18,9 @@ cancels within a round), with the ratio of the two sides' median throughputs bes
    differences, the best ``lightning_vs_plain`` they allow for the scenario's student, and
    what Lightning's stock (every-step) progress bar would add;
 6. ``cka_fast_vs_naive``: ``biaskd.pairwise.linear_cka`` time ÷ an n×n Gram version;
-7. wall time of the README's main job (full mode only).
+7. wall time of the README's main job (full mode only);
+8. ``subnormal_kept_vs_flushed``: a fitted student's step with subnormal floats kept ÷ flushed
+   (``flush_denormal``; :mod:`biaskd.bench.subnormal`).
 
 A measurement covers at least the steps of ``SCENARIO_PLAN`` (``MIN_STEPS`` for other
 scenarios; whole epochs, or a seeded subset of batches), so that one-off
@@ -42,6 +44,7 @@ import torch
 
 from biaskd.bench.loops import REPO, STEPS_PER_CALL, bench_lightning_overhead, bench_training
 from biaskd.bench.step_profile import format_profile, profile_lightning_step
+from biaskd.bench.subnormal import bench_subnormal_steps, format_subnormal
 from biaskd.bench.wall import (bench_cka, end_to_end, epoch_60k, format_end_to_end, format_epoch_60k,
                                main_job_wall_time)
 
@@ -149,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         e2e = end_to_end()
         print("[bench] mnist: one epoch on the 60k digits, by steps per call", flush=True)
         e60k = epoch_60k()
+    print("[bench] a fitted student's step, subnormals kept and flushed", flush=True)
+    subnormal = bench_subnormal_steps(rounds=3 if args.quick else 5)
     print("[bench] CKA", flush=True)
     benchmarks["cka_fast_vs_naive"]["n=10000,d=512"] = bench_cka(10_000, 512, repeats)
     results = {
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         "lightning_step_profile": profile,
         "end_to_end": e2e,
         "epoch_60k": e60k,
+        "subnormal_kept_vs_flushed": subnormal,
         "main_job_wall_s": None if args.quick else main_job_wall_time(),
     }
     results["bench_wall_s"] = time.perf_counter() - start
@@ -184,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{_fmt_repeats(results['repeats'])} rounds (after a warm-up; every contender once per round, "
         f"in A B B A order) of a / b within a round; each training measurement covers "
         f"{_fmt_repeats(results['min_steps_per_measurement'])} steps or more (whole epochs).\n\n{table}\n{profile_md}"
-        + (format_end_to_end(e2e) if e2e else "") + (format_epoch_60k(e60k) if e60k else ""))
+        + (format_end_to_end(e2e) if e2e else "") + (format_epoch_60k(e60k) if e60k else "")
+        + (format_subnormal(subnormal) if subnormal else ""))
     print(table)
 
 

@@ -18,6 +18,7 @@ one-line change of the training path moves them far more (``tests/test_pinned.py
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -54,9 +55,41 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: whether this process flushes subnormal floats to zero (:func:`flush_denormal`); None: never set
+_FLUSH_DENORMAL: bool | None = None
+
+
+def flush_denormal(on: bool) -> bool:
+    """Flush subnormal floats (|x| < 1.2e-38 in float32) to zero on this CPU, or stop flushing;
+    returns whether flushing is in effect (False where the CPU cannot). Values that small cannot
+    move a weight, but they are slow: once a student fits its training set, Adam's moment
+    estimates decay through them and an optimizer step costs several times more (``train.py``'s
+    ``flush_denormal`` key). The CPU keeps this mode per thread: it holds for the calling thread
+    and the threads started from it later (they inherit it), not for threads already running
+    (an intra-op pool started earlier), and a thread started while it is on keeps it. Recorded in
+    :func:`machine_signature`."""
+    global _FLUSH_DENORMAL
+    _FLUSH_DENORMAL = bool(torch.set_flush_denormal(bool(on))) and bool(on)
+    return _FLUSH_DENORMAL
+
+
+@contextlib.contextmanager
+def subnormals_flushed(on: bool):
+    """Flush subnormals (:func:`flush_denormal`) inside the block, and put back what was in effect
+    before it on the way out, whether the block returns or raises."""
+    global _FLUSH_DENORMAL
+    before = _FLUSH_DENORMAL
+    try:
+        yield flush_denormal(on)
+    finally:
+        flush_denormal(bool(before))
+        _FLUSH_DENORMAL = before
+
+
 def machine_signature(threads: int | None = None) -> dict[str, str]:
     """What decides the floating-point bits of a CPU run besides the code: the CPU, the kernel
-    set PyTorch dispatches to, library versions and the thread count."""
+    set PyTorch dispatches to, library versions, the thread count and whether subnormal floats
+    are flushed to zero (once :func:`flush_denormal` has set it)."""
     sig = {
         "machine": platform.machine(),
         "cpu": _cpu_model(),
@@ -65,6 +98,8 @@ def machine_signature(threads: int | None = None) -> dict[str, str]:
         "numpy": np.__version__,
         "threads": str(threads if threads is not None else torch.get_num_threads()),
     }
+    if _FLUSH_DENORMAL is not None:
+        sig["flush_denormal"] = str(_FLUSH_DENORMAL)
     sig.update({k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)})
     return sig
 

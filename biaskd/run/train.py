@@ -30,7 +30,7 @@ from biaskd.modules.callbacks import (AtomicCheckpointIO, FiniteLossGuard, LogIn
                                      TrainingPathRecorder, batched_features)
 from biaskd.modules.lm import verb_prefix
 from biaskd.quiet import quiet_libraries
-from biaskd.record import artifacts, schema
+from biaskd.record import artifacts, reproduce, schema
 from biaskd.record.artifacts import RunDir
 from biaskd.record.identity import run_dir_for, run_meta
 from biaskd.record.sweep import duration
@@ -65,6 +65,13 @@ def train(cfg: DictConfig, data: TaskData | None = None) -> RunDir | None:
     repair = bool(cfg.get("repair", False))
     distributed.launch(cfg.trainer)  # the other processes start here, if the trainer asks for them
     set_threads(int(cfg.get("threads", 0) or 0))
+    # a config from before the key (a run being reproduced) ran with subnormals kept; the process's
+    # own setting is back when the run returns or fails (a notebook or test that trains keeps its mode)
+    with reproduce.subnormals_flushed(bool(cfg.get("flush_denormal", False))):
+        return _build_and_train(cfg, data, repair)
+
+
+def _build_and_train(cfg: DictConfig, data: TaskData | None, repair: bool) -> RunDir:
     start = time.perf_counter()
     data = data or build_data(cfg)
     data_s = time.perf_counter() - start
