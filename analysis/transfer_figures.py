@@ -31,6 +31,13 @@ from biaskd.scenario import Scenario
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
+def cell_note(diff: float, half_width: float, share: float) -> str:
+    """A heatmap cell's text: the difference, its interval and the share of the gap, rounded as
+    printed first, so that a mean that rounds to zero reads +0.000 (not -0.000)."""
+    note = f"{round(diff, 3) + 0.0:+.3f}\n±{half_width:.3f}"
+    return note if math.isnan(share) else note + f"\nshare {round(share, 2) + 0.0:.2f}"
+
+
 def _plt():
     import matplotlib
 
@@ -89,7 +96,7 @@ def heatmap(map_frame: pd.DataFrame, scenario: Scenario, path: Path, limit: floa
     f["col"] = f["student_epochs"].map(lambda e: f"{e} epochs") + "\nN = " + f["transfer_n"].map(lambda n: f"{n:,}")
     grid = f.pivot(index="row", columns="col", values="diff_vs_independent")
     grid = grid[f.sort_values(["student_epochs", "transfer_n"]).drop_duplicates("col")["col"].tolist()]
-    notes = f.assign(note=[f"{d:+.3f}\n±{h:.3f}" + ("" if math.isnan(s) else f"\nshare {s:.2f}")
+    notes = f.assign(note=[cell_note(d, h, s)
                            for d, h, s in zip(f["diff_vs_independent"], f["ci_half_width"], f["transferred_share"])]
                      ).pivot(index="row", columns="col", values="note").loc[grid.index, grid.columns]
     limit = limit or style.symmetric_limit(grid.to_numpy().ravel())

@@ -123,3 +123,12 @@ def test_the_dose_response_draws_levels_and_paired_differences_against_n(drawn, 
     assert diff.containers[0].lines[0].get_ydata() == pytest.approx([0.05, -0.02, -0.10])
     one_n = pd.DataFrame([_cell("grammar", "lstm", 10, "a_accuracy", 0.1)])
     assert transfer_figures.dose_figure(one_n, Scenario("grammar", "attractors", "a_accuracy"), tmp_path / "x.png") is None
+
+
+def test_a_cell_that_rounds_to_zero_reads_plus_zero():
+    from analysis.transfer_figures import cell_note
+
+    # the vision_60k cnn T = 1 cell: mean −0.000068 over seeds, share −0.00056
+    assert cell_note(-6.8e-05, 0.00762, -5.6e-04) == "+0.000\n±0.008\nshare 0.00"
+    assert cell_note(0.1016, 0.0121, 0.2049) == "+0.102\n±0.012\nshare 0.20"
+    assert cell_note(-0.0706, 0.175, float("nan")) == "-0.071\n±0.175"
