@@ -67,16 +67,16 @@ def bench_subnormal_steps(rounds: int = 5, steps: int = 50) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if not reproduce.flush_denormal(True):
-            return None
-        _steps(False, 5), _steps(True, 5)  # warm-up
-        kept, flushed, ratios = [], [], []
-        for r in range(rounds):
-            order = (False, True) if r % 2 == 0 else (True, False)
-            t = {flush: _steps(flush, steps) for flush in order}
-            kept.append(t[False]); flushed.append(t[True]); ratios.append(t[False] / t[True])
+        with reproduce.subnormals_flushed(True) as can_flush:  # the process's own mode is back afterwards
+            if not can_flush:
+                return None
+            _steps(False, 5), _steps(True, 5)  # warm-up
+            kept, flushed, ratios = [], [], []
+            for r in range(rounds):
+                order = (False, True) if r % 2 == 0 else (True, False)
+                t = {flush: _steps(flush, steps) for flush in order}
+                kept.append(t[False]); flushed.append(t[True]); ratios.append(t[False] / t[True])
     finally:
-        reproduce.flush_denormal(False)
         torch.set_num_threads(threads)
     return {"ratio": statistics.median(ratios), "kept_ms": statistics.median(kept),
             "flushed_ms": statistics.median(flushed), "rounds": rounds, "steps": steps,
