@@ -209,3 +209,41 @@ def test_warp_is_scipy_affine_transform_up_to_rounding():
         scipy = np.stack([ndimage.affine_transform(im, inverse, offset=centre - inverse @ centre, order=1,
                                                    mode="grid-constant", prefilter=False) for im in images])
         np.testing.assert_allclose(_warp(images, inverse), scipy, rtol=0, atol=1e-9)
+
+
+def _warp_reference(images: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """The bilinear warp one output pixel at a time: the in-image sources with positive weight,
+    added to 0.0 in the order (r, c), (r, c+1), (r+1, c), (r+1, c+1). The source coordinates
+    are computed as the module does (one matrix product: its rounding is the geometry's, which
+    the scipy comparison above checks)."""
+    n, h, w = images.shape
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    grid = np.stack(np.mgrid[0:h, 0:w], axis=-1).reshape(-1, 2).astype(np.float64)
+    sources = (grid - centre) @ inverse.T + centre
+    out = np.zeros((n, h, w))
+    for r in range(h):
+        for c in range(w):
+            src = sources[r * w + c]
+            base = np.floor(src)
+            fr, fc = src - base
+            for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                sr, sc = int(base[0]) + dr, int(base[1]) + dc
+                weight = (fr if dr else 1 - fr) * (fc if dc else 1 - fc)
+                if 0 <= sr < h and 0 <= sc < w and weight > 0:
+                    out[:, r, c] += weight * images[:, sr, sc].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_warp_blocks_keep_every_bit_of_the_pixelwise_sum(monkeypatch, dtype):
+    # the eval images of existing runs depend on these bits: blocking, gathering uint8 and
+    # adding zero-weight terms must not change them
+    import biaskd.data.ood as ood
+
+    monkeypatch.setattr(ood, "_WARP_BLOCK", 4)  # 11 images: blocks of 4, 4 and 3
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (11, 28, 28)).astype(dtype)
+    if dtype == np.float64:
+        images = images + rng.random(images.shape)
+    for inverse in (ood._rotation_inverse(0.6), ood._shear_inverse(1.0), np.eye(2) / 0.5):
+        np.testing.assert_array_equal(ood._warp(images, inverse), _warp_reference(images, inverse))

@@ -29,6 +29,10 @@ class OodTransform:
 
 
 # -- geometry helpers ---------------------------------------------------------------------------
+#: images warped at a time by :func:`_warp` (its buffers, h·w × this many float64, stay in cache)
+_WARP_BLOCK = 128
+
+
 def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """Integer shift of a stack by (dy, dx) pixels with zero fill."""
     n, h, w = images.shape
@@ -58,14 +62,34 @@ def _warp(images: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     base = np.floor(src)
     frac = src - base
     base = base.astype(np.int64)
-    pixels = np.ascontiguousarray(images.reshape(n, h * w).T, dtype=np.float64)  # (h·w, n): rows gather fast
-    out = np.zeros_like(pixels)
+    corners = []
     for dr in (0, 1):
         for dc in (0, 1):
             rr, cc = base[:, 0] + dr, base[:, 1] + dc
             weight = (frac[:, 0] if dr else 1 - frac[:, 0]) * (frac[:, 1] if dc else 1 - frac[:, 1])
             ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w) & (weight > 0)
-            out[ok] += weight[ok, None] * pixels[rr[ok] * w + cc[ok]]
+            # a source outside the image gets weight 0 (and any in-range index): adding 0 * p
+            # leaves the sum's bits as skipping it did, in the same order of additions
+            corners.append((np.where(ok, rr * w + cc, 0), np.where(ok, weight, 0.0)[:, None]))
+    # (h·w, n): each output pixel gathers whole rows; uint8 stays uint8 until the multiply (its
+    # float64 value is exact). Blocks of _WARP_BLOCK images keep the buffers in the CPU's cache;
+    # every image's sum is the same four products added in the same order, whatever the block
+    kind = np.uint8 if images.dtype == np.uint8 else np.float64
+    pixels = np.ascontiguousarray(images.reshape(n, h * w).T, dtype=kind)
+    out = np.empty(pixels.shape, dtype=np.float64)
+    width = min(n, _WARP_BLOCK)
+    gathered = np.empty((h * w, width), dtype=kind)
+    term = np.empty((h * w, width), dtype=np.float64)
+    acc = np.empty((h * w, width), dtype=np.float64)
+    for j in range(0, n, width):
+        k = min(width, n - j)
+        g, t, a = gathered[:, :k], term[:, :k], acc[:, :k]
+        a.fill(0.0)
+        for index, weight in corners:
+            np.take(pixels[:, j:j + k], index, axis=0, out=g)
+            np.multiply(g, weight, out=t)
+            a += t
+        out[:, j:j + k] = a
     return out.T.reshape(n, h, w)
 
 
@@ -168,7 +192,10 @@ def make_ood(name: str, images: np.ndarray, severity: int | None = None, seed: i
     out, params = transform.apply(images, transform.levels[severity - 1], rng)
     if out.dtype != images.dtype:
         if images.dtype == np.uint8:
-            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            if not np.shares_memory(out, images):  # in place: no second 60 MB array per set
+                out = np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
+            else:
+                out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         else:
             out = out.astype(images.dtype)
     params["severity"] = np.full(len(images), severity, dtype=np.int64)
