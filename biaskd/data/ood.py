@@ -192,10 +192,8 @@ def make_ood(name: str, images: np.ndarray, severity: int | None = None, seed: i
     out, params = transform.apply(images, transform.levels[severity - 1], rng)
     if out.dtype != images.dtype:
         if images.dtype == np.uint8:
-            if not np.shares_memory(out, images):  # in place: no second 60 MB array per set
-                out = np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
-            else:
-                out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            # in place (a float array the transform made, not the input): no second 60 MB array
+            out = np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
         else:
             out = out.astype(images.dtype)
     params["severity"] = np.full(len(images), severity, dtype=np.int64)
