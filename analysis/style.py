@@ -260,7 +260,7 @@ METRIC_LABELS: dict[str, str] = {
     "shift_consistency": "prediction unchanged under shift (1–5 px)",
     "teacher_agreement_ood": "agreement with the teacher (OOD sets)",
     "teacher_js_ood": "JS divergence from the teacher (OOD sets)",
-    "teacher_cka_probe": "linear CKA with the teacher (probe digits)",
+    "teacher_cka_probe": "linear CKA with the teacher (probe set)",
     "attractor_drop_4": "accuracy drop, 0 → 4 attractors", "test_deep": "accuracy on deeper sentences",
     "teacher_agreement_attractors": "agreement with the teacher (attractor sets)",
     "teacher_js_attractors": "JS divergence from the teacher (attractor sets)",
