@@ -159,6 +159,12 @@ def effects(map_frame: pd.DataFrame, scenario: Scenario, path: Path, limit: floa
     return style.save(fig, path)
 
 
+#: markers of the lines of one figure that differ in their number N of transfer inputs
+SIZE_MARKERS = ("o", "s", "^", "D", "v", "P")
+#: factor between neighbouring lines' x positions on a log epoch axis
+EPOCH_DODGE = 1.04
+
+
 def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Path | None:
     """Δ vs independent against student epochs, one line per teacher and temperature, for the
     scenario's headline and the next two metrics of its measure; one y scale for all panels."""
@@ -175,11 +181,18 @@ def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Pa
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.9 * len(metrics) + 2.0, 3.6), sharex=True, sharey=True,
                              layout="constrained", squeeze=False)
     epochs = sorted(f["student_epochs"].unique())
+    sizes = sorted(f["transfer_n"].dropna().unique())
     for ax, metric in zip(axes[0], metrics):
-        for (teacher, objective, t, n), g in f[f["metric"] == metric].groupby(line, dropna=False):
+        lines = list(f[f["metric"] == metric].groupby(line, dropna=False))
+        for i, ((teacher, objective, t, n), g) in enumerate(lines):
             g = g.sort_values("student_epochs")
-            label = cell_label(teacher, objective, t) + (f", N = {n:,}" if f["transfer_n"].nunique() > 1 else "")
-            ax.errorbar(g["student_epochs"], g["diff_vs_independent"], yerr=g["ci_half_width"], marker="o", capsize=3,
+            label = cell_label(teacher, objective, t) + (f", N = {n:,}" if len(sizes) > 1 else "")
+            # lines of one teacher differ by N in their marker (filled, hollow, ...), and sit a
+            # little apart on the (log) epoch axis so that their intervals do not hide each other
+            k = sizes.index(n) if n in sizes else 0
+            dodge = EPOCH_DODGE ** (i - (len(lines) - 1) / 2)
+            ax.errorbar(g["student_epochs"] * dodge, g["diff_vs_independent"], yerr=g["ci_half_width"],
+                        marker=SIZE_MARKERS[k % len(SIZE_MARKERS)], mfc="white" if k % 2 else None, capsize=3,
                         color=style.model_colour(teacher), ls="--" if t == 1 else "-",
                         label=_with_seed_range(label, g["n_seeds"]))
         ax.axhline(0, color="0.5", lw=0.8)
@@ -192,7 +205,8 @@ def epochs_figure(map_frame: pd.DataFrame, scenario: Scenario, path: Path) -> Pa
     axes[0][0].set_ylabel(f"distilled − independent {students}\n(paired by seed, 95% interval)")
     fig.suptitle(f"{style.scenario_label(scenario.name)}: does a longer-trained student take more of its teacher?",
                  fontsize=10)
-    style.legend_outside(axes[0][-1], title="teacher, temperature (seeds)")
+    style.legend_outside(axes[0][-1], title="teacher, temperature" + (", transfer inputs" if len(sizes) > 1 else "")
+                         + " (seeds)")
     return style.save(fig, path)
 
 

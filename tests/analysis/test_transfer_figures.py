@@ -63,6 +63,22 @@ def test_every_heatmap_has_one_colour_scale_and_one_cell_is_shown_with_its_metri
     assert "(n=5)" in epochs.axes[0].get_legend_handles_labels()[1][0]
 
 
+def test_epoch_lines_of_one_teacher_differ_by_their_transfer_inputs(drawn, tmp_path):
+    rows = [dict(_cell("g", "lstm", e, "test", d), transfer_n=n)
+            for n, d in ((0, 0.01), (5000, -0.02)) for e in (10, 30, 100)]
+    transfer_figures.epochs_figure(pd.DataFrame(rows), Scenario("g"), tmp_path / "epochs.png")
+    ax = drawn["epochs.png"].axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels[0].startswith("lstm") and "N = 0" in labels[0] and "N = 5,000" in labels[1]
+    n0, n5000 = (h.lines[0] for h in handles)  # each errorbar's data line
+    assert n0.get_color() == n5000.get_color()  # one teacher, one colour
+    assert n0.get_marker() != n5000.get_marker()
+    # side by side, not on top of each other, and each still at its epochs within 5 %
+    assert all(a < b for a, b in zip(n0.get_xdata(), n5000.get_xdata()))
+    assert all(abs(x / e - 1) < 0.05 for line in (n0, n5000) for x, e in zip(line.get_xdata(), (10, 30, 100)))
+    assert "transfer inputs" in drawn["epochs.png"].axes[-1].get_legend().get_title().get_text()
+
+
 def test_a_teacher_has_one_colour_in_every_panel(drawn, tmp_path):
     rows = [{"scenario": s, "model": m, "measure": meas, "x": x, "mean": 0.5, "half_width": 0.1, "n": 3}
             for s, models in (("vision", ("cnn", "cnn_gp", "mlp")), ("language", ("lstm", "transformer")))
