@@ -11,11 +11,15 @@ its ``transfer_map_per_seed.csv`` is required; ``teacher_signal.csv``, ``teacher
 scenario the folder does not have is an error. Per-seed tables written before objectives were an
 axis have no ``objective`` column: their rows are ``kd`` (as :mod:`analysis.protocol` reads them).
 
-Later folders win: a per-seed row with the same cell (scenario, teacher, student, student epochs,
-temperature, transfer-set size, objective), seed, role and metric as a row of an earlier folder
-replaces it; so does a ``teacher_signal.csv`` row with the same scenario, teacher, distill,
+Later folders win, a trained model at a time: when a later folder has any per-seed row of a model
+(its cell — scenario, teacher, student, student epochs, temperature, transfer-set size,
+objective —, seed and role), that folder's rows of the model replace all of an earlier folder's,
+so a model's metrics always come from one folder. A metric the earlier folder had and the later
+one lacks is dropped, not kept beside the new values: the same seed trained again (on another
+machine, or by other code) is another model, and its accuracy must not sit beside the old one's
+CKA. Standard error counts the replaced and the dropped rows. A ``teacher_signal.csv`` row with the same scenario, teacher, distill,
 student epochs, temperature, transfer-set size and inputs, and a ``teacher_bias.csv`` row with the
-same scenario, model, measure and x. Standard error says how many rows were replaced.
+same scenario, model, measure and x, replaces the earlier row with that key.
 
 From the merged per-seed rows, into ``OUT_DIR``, as ``analysis.transfer_map`` writes them
 (:func:`analysis.transfer_map.write_map`): ``transfer_map.csv`` (one row per cell x metric,
@@ -56,6 +60,8 @@ PER_SEED = "transfer_map_per_seed.csv"
 ROLES = ("kd", "indep", "self", "teacher")
 #: what makes a per-seed row: its cell, seed, role and metric
 PER_SEED_KEYS = [*CELL_FIELDS, "seed", "role", "metric"]
+#: one trained model: a later input that has any of its rows replaces all of them
+MODEL_KEYS = [*CELL_FIELDS, "seed", "role"]
 PER_SEED_COLUMNS = [*PER_SEED_KEYS, "value", "run"]
 #: the per-seed columns every input must have (``objective`` is kd and ``run`` empty where missing)
 REQUIRED = [c for c in PER_SEED_COLUMNS if c not in ("objective", "run")]
@@ -216,19 +222,34 @@ def read_input(folder: str | Path, renames: dict[str, str] | None = None) -> Inp
 
 # -- merging --------------------------------------------------------------------------------------------
 def _later_wins(frames: Sequence[pd.DataFrame], labels: Sequence[str], keys: Sequence[str],
-                what: str) -> pd.DataFrame:
-    """The rows of ``frames`` in order, a row replaced by a later frame's row with the same ``keys``
-    (NaN equal to NaN); says how many were replaced."""
+                what: str, unit: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of ``frames`` in order, all rows of a ``unit`` (default: the whole key; NaN equal
+    to NaN) taken from the last frame that has any row of it; says how many rows were replaced,
+    and how many of those had no row with their key in the frame that replaced them (dropped)."""
     present = [(f, label) for f, label in zip(frames, labels) if not f.empty]
     if not present:
         return pd.DataFrame()
     columns = list(dict.fromkeys(c for f, _ in present for c in f.columns))
     merged = pd.concat([f.assign(_input=i) for i, (f, _) in enumerate(present)], ignore_index=True)
-    replaced = merged.duplicated(list(keys), keep="last")
+    unit = list(unit or keys)
+    last = merged.groupby(unit, dropna=False, sort=False)["_input"].transform("max")
+    replaced = merged["_input"] < last
+    kept = merged[~replaced]
     by = merged[replaced].groupby("_input").size()
-    _say(f"{what}: {int(replaced.sum())} row(s) of earlier inputs replaced by later inputs' rows with the same key"
-         + (" (" + ", ".join(f"{n} of {present[i][1]}" for i, n in by.items()) + ")" if len(by) else ""))
-    return merged[~replaced][columns].reset_index(drop=True)
+    message = (f"{what}: {int(replaced.sum())} row(s) of earlier inputs replaced by later inputs' rows "
+               + ("with the same key" if unit == list(keys) else "of the same trained model (cell, seed, role)")
+               + (" (" + ", ".join(f"{n} of {present[i][1]}" for i, n in by.items()) + ")" if len(by) else ""))
+    if unit != list(keys) and replaced.any():
+        marker = kept[list(keys)].assign(_kept=True)
+        old = merged[replaced][list(keys)].merge(marker, on=list(keys), how="left")
+        dropped = old["_kept"].isna()
+        if dropped.any():
+            first = old[dropped].iloc[0]
+            message += (f"; {int(dropped.sum())} of them dropped, as their later input has no such row "
+                        f"(a seed's metrics come from one input), e.g. "
+                        + ", ".join(f"{k}={first[k]}" for k in keys))
+    _say(message)
+    return kept[columns].reset_index(drop=True)
 
 
 def merge_scenarios(inputs: Sequence[Input], names: Sequence[str]) -> dict[str, Scenario]:
@@ -333,7 +354,7 @@ def merge(args: Sequence[str | tuple[str | Path, dict[str, str]]], out: str | Pa
              f"{', '.join(sorted(set(inp.per_seed['scenario']))) or '(none)'}")
         inputs.append(inp)
     labels = [inp.label for inp in inputs]
-    per_seed = _later_wins([inp.per_seed for inp in inputs], labels, PER_SEED_KEYS, PER_SEED)
+    per_seed = _later_wins([inp.per_seed for inp in inputs], labels, PER_SEED_KEYS, PER_SEED, unit=MODEL_KEYS)
     if per_seed.empty:
         per_seed = pd.DataFrame(columns=PER_SEED_COLUMNS)
     signal = _sorted(_later_wins([inp.signal for inp in inputs], labels, SIGNAL_KEYS, "teacher_signal.csv"),
@@ -349,13 +370,13 @@ def merge(args: Sequence[str | tuple[str | Path, dict[str, str]]], out: str | Pa
     cells = map_frame[list(CELL_FIELDS)].drop_duplicates()
     _say(f"{len(per_seed)} per-seed rows, {len(cells)} cells, {len(map_frame)} map rows")
     source = ("`python -m analysis.merge_tables` from the per-seed tables of "
-              + ", ".join(f"`{label}`" for label in labels) + " (a later one's rows replacing an earlier one's)")
+              + ", ".join(f"`{label}`" for label in labels) + " (a later one's rows of a model replacing all of an earlier one's)")
     return write_map(out, map_frame, per_seed, signal, bias, scenarios, source, protocols)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.merge_tables", description=__doc__.splitlines()[0],
-                                     epilog="Later inputs replace earlier inputs' rows with the same key.")
+                                     epilog="Later inputs replace earlier inputs' rows, a trained model (cell, seed, role) at a time.")
     parser.add_argument("inputs", nargs="+", metavar="IN_DIR[:OLD=NEW,...]",
                         help="a folder with transfer_map_per_seed.csv (teacher_signal.csv, teacher_bias.csv, "
                              "scenarios.csv optional); ':OLD=NEW' renames scenario OLD to NEW in its tables")

@@ -266,3 +266,28 @@ def test_only_the_protocols_asked_for_are_judged(tmp_path, capsys):
     assert run(merge_tables.main, [str(src), "--out", str(tmp_path / "x"), "--protocols", "v3,v9"]) == 2
     assert "--protocols: unknown protocol(s) v9" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_seed_trained_again_replaces_all_of_its_metrics(tmp_path, capsys):
+    """Seed 3 trained again elsewhere, its later table without the probe CKA: the old CKA of seed 3
+    (of the model that is no longer in the table) is dropped, not kept beside the new accuracy;
+    seeds 1-2 keep both metrics, and the cell's CKA is over them alone."""
+    a = folder(tmp_path / "a", rows() + rows(metric="teacher_cka_probe"))
+    b = folder(tmp_path / "b", rows({3: (0.9, 0.5, 0.55, 0.9)}))
+    merge_tables.merge([str(a), str(b)], tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "transfer_map_per_seed.csv: 8 row(s) of earlier inputs replaced" in err and f"8 of {a}" in err
+    assert "4 of them dropped" in err and "metric=teacher_cka_probe" in err and "seed=3" in err
+    per_seed = pd.read_csv(tmp_path / "out" / "transfer_map_per_seed.csv")
+    assert sorted(per_seed[per_seed["metric"] == "teacher_cka_probe"]["seed"].unique()) == [1, 2]
+    assert len(per_seed) == 2 * 4 * 2 + 4  # seeds 1-2: 4 roles x 2 metrics; seed 3: the later accuracy
+    cka = the_row(tmp_path / "out", metric="teacher_cka_probe")
+    assert cka["seeds"] == "1,2" and cka["m_kd"] == pytest.approx(0.55, rel=1e-5)
+    assert the_row(tmp_path / "out")["m_kd"] == pytest.approx((0.5 + 0.6 + 0.9) / 3, rel=1e-5)
+    # one role of the seed trained again: the seed's other roles keep their rows from the first input
+    c = folder(tmp_path / "c", [r for r in rows({3: (0.9, None, None, None)})])
+    merge_tables.merge([str(a), str(c)], tmp_path / "kd_only")
+    per_seed = pd.read_csv(tmp_path / "kd_only" / "transfer_map_per_seed.csv")
+    seed3 = per_seed[per_seed["seed"] == 3]
+    assert sorted(seed3[seed3["metric"] == "teacher_cka_probe"]["role"]) == ["indep", "self", "teacher"]
+    assert "1 of them dropped" in capsys.readouterr().err
