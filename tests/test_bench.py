@@ -152,16 +152,35 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
     monkeypatch.setattr(tables, "bench_cka", lambda n, d, repeats: {"ratio": 0.1, "fast_s": 0.01, "naive_s": 0.1,
                                                                       "fast": 0.5, "naive": 0.5, "abs_diff": 0.0,
                                                                       "n": n, "d": d})
-    tables.main(["--quick", "--scenarios", "tiny", "--out", str(tmp_path)])
+    seen = []  # the threads the training loops ran with, to compare with the recorded ones
+    training = tables.bench_training
+    monkeypatch.setattr(tables, "bench_training", lambda *a, **k: seen.append(torch.get_num_threads()) or training(*a, **k))
+    before = torch.get_num_threads()
+    try:
+        tables.main(["--quick", "--scenarios", "tiny", "--out", str(tmp_path), "--threads", "1"])
+    finally:
+        torch.set_num_threads(before)
     res = json.loads((tmp_path / "bench.json").read_text())
-    for key in ("kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain"):
+    keys = ("kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain",
+            "lightning_grouped_vs_plain", *(f"lightning_grouped_{k}_vs_plain" for k in loops.GROUP_SCAN))
+    for key in keys:
         r = res["benchmarks"][key]["tiny"]
         assert r["ratio"] > 0 and r["a_median"] > 0 and r["b_median"] > 0
-    assert "lightning_vs_plain" in (tmp_path / "bench.md").read_text()
+    assert [res["benchmarks"][f"lightning_grouped_{k}_vs_plain"]["tiny"]["steps_per_call"]
+            for k in loops.GROUP_SCAN] == list(loops.GROUP_SCAN)
+    md = (tmp_path / "bench.md").read_text()
+    assert "lightning_vs_plain" in md and f"| lightning_grouped_{loops.GROUP_SCAN[-1]}_vs_plain | tiny |" in md
+    assert seen == [1] and res["machine"]["torch_threads"] == 1 and "1 torch thread(s) in the training loops" in md
     if res["subnormal_kept_vs_flushed"] is not None:  # None where the CPU cannot flush
         assert res["subnormal_kept_vs_flushed"]["ratio"] > 0
         assert "subnormals kept" in (tmp_path / "bench.md").read_text()
-    assert res["command"] == "python -m biaskd.bench --quick --scenarios tiny"
+    assert res["command"] == "python -m biaskd.bench --quick --scenarios tiny --threads 1"
+
+
+def test_bench_refuses_a_negative_thread_count(capsys):
+    with pytest.raises(SystemExit):
+        tables.main(["--quick", "--threads", "-1"])
+    assert "--threads must be >= 0" in capsys.readouterr().err
 
 
 def test_the_60k_epoch_section_reports_each_setting_against_one_step_per_call():

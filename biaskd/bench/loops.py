@@ -28,8 +28,11 @@ REPO = PROJECT_ROOT
 
 #: steps of a training contender's warm-up run
 WARMUP_STEPS = 20
-#: optimizer steps per training_step of the grouped contenders (``train.steps_per_call``)
+#: optimizer steps per training_step of the grouped contenders (``train.steps_per_call``; what
+#: protocol v3's recipes use)
 STEPS_PER_CALL = 8
+#: more steps per call, for reference: how far larger groups take the bare ``fit``
+GROUP_SCAN = (16, 32)
 
 
 class _Data(L.LightningDataModule):
@@ -207,9 +210,10 @@ def scenario_pair(name: str):
 
 
 def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> dict:
-    """The scenario's student trained seven ways, in rounds: Lightning ``fit`` with a teacher
+    """The scenario's student trained nine ways, in rounds: Lightning ``fit`` with a teacher
     forward per step, with cached KD, alone; the hand loop; the run's own Trainer; Lightning's
-    ``fit`` and the run's Trainer with ``STEPS_PER_CALL`` optimizer steps per training_step."""
+    ``fit`` and the run's Trainer with ``STEPS_PER_CALL`` optimizer steps per training_step, and
+    ``fit`` with each of ``GROUP_SCAN``'s."""
     split, make_student, teacher, bs, lengths = scenario_pair(name)
     split, lengths = measurement_split(split, lengths, bs, epochs, min_steps)
     epochs = epochs_for(split, bs, epochs, min_steps)
@@ -229,6 +233,8 @@ def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> 
                                                            steps_per_call=STEPS_PER_CALL),
             "student_grouped": lambda: lightning_fit(ClassifierModule(make_student()), sp, bs, ep, lens,
                                                      steps_per_call=STEPS_PER_CALL),
+            **{f"student_grouped_{k}": (lambda k=k: lightning_fit(ClassifierModule(make_student()), sp, bs, ep, lens,
+                                                                  steps_per_call=k)) for k in GROUP_SCAN},
         }
 
     n = min(len(split), bs * WARMUP_STEPS)  # the first rows: cached-KD indices stay valid
@@ -243,6 +249,8 @@ def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> 
         "run_trainer_vs_plain": pair_ratio(t["run_trainer"], t["plain"]) | info,
         "lightning_grouped_vs_plain": pair_ratio(t["student_grouped"], t["plain"]) | grouped,
         "run_trainer_grouped_vs_plain": pair_ratio(t["run_trainer_grouped"], t["plain"]) | grouped,
+        **{f"lightning_grouped_{k}_vs_plain": pair_ratio(t[f"student_grouped_{k}"], t["plain"])
+           | info | {"steps_per_call": k} for k in GROUP_SCAN},
     }
 
 

@@ -12,7 +12,8 @@ cancels within a round), with the ratio of the two sides' median throughputs bes
    its callbacks, CSV logger and progress bar) ÷ the same hand loop;
    ``lightning_grouped_vs_plain`` and ``run_trainer_grouped_vs_plain``: the same with
    ``STEPS_PER_CALL`` optimizer steps per ``training_step`` (``train.steps_per_call``: the same
-   updates, the loop's fixed cost per call paid once per group);
+   updates, the loop's fixed cost per call paid once per group), and ``lightning_grouped_<k>_vs_plain``
+   with each larger ``k`` of ``GROUP_SCAN`` (reference);
 5. ``lightning_step_overhead``: what the loops cost per step whatever the model: the same
    loops with a model that is one bias vector (no compute to speak of); the ms/step
    differences, the best ``lightning_vs_plain`` they allow for the scenario's student, and
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from biaskd.bench.loops import REPO, STEPS_PER_CALL, bench_lightning_overhead, bench_training
+from biaskd.bench.loops import GROUP_SCAN, REPO, STEPS_PER_CALL, bench_lightning_overhead, bench_training
 from biaskd.bench.step_profile import format_profile, profile_lightning_step
 from biaskd.bench.subnormal import bench_subnormal_steps, format_subnormal
 from biaskd.bench.wall import (bench_cka, end_to_end, epoch_60k, format_end_to_end, format_epoch_60k,
@@ -84,7 +85,8 @@ def _fmt(results: dict) -> str:
     targets = {"kd_cached_vs_student": "≥ 0.95", "kd_teacher_forward_vs_student": "(reference)",
                "lightning_vs_plain": "(reference)", "run_trainer_vs_plain": "(reference)",
                "lightning_grouped_vs_plain": "≥ 0.90", "run_trainer_grouped_vs_plain": "(reference)",
-               "lightning_step_overhead": "(reference)", "cka_fast_vs_naive": "≪ 1, equal to 1e-6"}
+               "lightning_step_overhead": "(reference)", "cka_fast_vs_naive": "≪ 1, equal to 1e-6",
+               **{f"lightning_grouped_{k}_vs_plain": "(reference)" for k in GROUP_SCAN}}
     for key, per in results["benchmarks"].items():
         for scen, r in per.items():
             if key == "cka_fast_vs_naive":
@@ -115,8 +117,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats; skip the main-job wall time")
     ap.add_argument("--scenarios", default="mnist,sva")
     ap.add_argument("--out", default=str(REPO / "results"))
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of the training loops and the CKA timing (default 0: all cores; "
+                         "the recipes' sweeps run threads=1, two jobs at a time)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0 (0: all cores), got {args.threads}")
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    threads = torch.get_num_threads()  # the runs timed below set their own (threads=1); restored after them
     import logging
     import warnings
 
@@ -129,14 +137,15 @@ def main(argv: list[str] | None = None) -> None:
     start, load_start = time.perf_counter(), _loadavg()
     benchmarks: dict[str, dict] = {k: {} for k in (
         "kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain",
-        "lightning_grouped_vs_plain", "run_trainer_grouped_vs_plain", "lightning_step_overhead",
+        "lightning_grouped_vs_plain", "run_trainer_grouped_vs_plain",
+        *(f"lightning_grouped_{k}_vs_plain" for k in GROUP_SCAN), "lightning_step_overhead",
         "cka_fast_vs_naive")}
     plan = {scen: SCENARIO_PLAN.get(scen, {args.quick: (repeats, MIN_STEPS[args.quick])})[args.quick]
             for scen in scenarios}
     for scen in scenarios:
         reps, min_steps = plan[scen]
         print(f"[bench] {scen}: student alone, cached KD, teacher-forward KD, hand loop, run Trainer, "
-              f"{STEPS_PER_CALL} steps per call", flush=True)
+              f"{STEPS_PER_CALL} steps per call (and {', '.join(map(str, GROUP_SCAN))})", flush=True)
         for k, v in bench_training(scen, epochs, reps, min_steps).items():
             benchmarks[k][scen] = v
         print(f"[bench] {scen}: the loops' per-step cost around a constant model", flush=True)
@@ -155,14 +164,16 @@ def main(argv: list[str] | None = None) -> None:
         if e60k is not None and not args.quick:
             print("[bench] mnist: where a lone 100-epoch protocol-v3 student's wall time goes", flush=True)
             e2e_60k = end_to_end(seeds=(1,), experiment="mnist_v3")
+    torch.set_num_threads(threads)
     print("[bench] a fitted student's step, subnormals kept and flushed", flush=True)
     subnormal = bench_subnormal_steps(rounds=3 if args.quick else 5)
     print("[bench] CKA", flush=True)
     benchmarks["cka_fast_vs_naive"]["n=10000,d=512"] = bench_cka(10_000, 512, repeats)
     results = {
         "command": "python -m biaskd.bench" + (" --quick" if args.quick else "")
-                   + (f" --scenarios {args.scenarios}" if args.scenarios != "mnist,sva" else ""),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                   + (f" --scenarios {args.scenarios}" if args.scenarios != "mnist,sva" else "")
+                   + (f" --threads {args.threads}" if args.threads else ""),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": threads,
                     "python": platform.python_version(), "torch": torch.__version__,
                     # other processes' load skews ratios (both sides are timed, but not at the same instant)
                     "loadavg_1min_start": load_start, "loadavg_1min_end": _loadavg()},
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                       "(`lightning_step_overhead`, mnist) by the profiled shares.\n")
     (out / "bench.md").write_text(
         f"# Benchmarks\n\nMade by `{results['command']}` on {results['machine']['cpus']} CPU cores "
-        f"(torch {torch.__version__}, {results['machine']['torch_threads']} threads), {results['bench_wall_s']:.0f} s, "
+        f"(torch {torch.__version__}; {results['machine']['torch_threads']} torch thread(s) in the training loops and the "
+        f"CKA timing, one in the runs timed below), {results['bench_wall_s']:.0f} s, "
         f"1-minute load average {_fmt_load(results['machine'])}. Each training ratio is the median over "
         f"{_fmt_repeats(results['repeats'])} rounds (after a warm-up; every contender once per round, "
         f"in A B B A order) of a / b within a round; each training measurement covers "
