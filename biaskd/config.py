@@ -30,7 +30,7 @@ TEACHER_PROTOCOL = 2
 
 # keys that do not change what is computed (where things live, how it is displayed)
 _NOT_IDENTITY = {
-    "runs_dir", "data_dir", "logger", "experiment_name", "threads", "flush_denormal", "hydra", "summary", "repair", "sweep_note",
+    "runs_dir", "data_dir", "cache_dir", "logger", "experiment_name", "threads", "flush_denormal", "hydra", "summary", "repair", "sweep_note",
     "optimized_metric", "scenario",
     "callbacks",  # Lightning callbacks that only watch a run (progress bar); ones that change it: train.callbacks
 }
@@ -38,7 +38,7 @@ _NOT_IDENTITY_NESTED = {
     "trainer": {"enable_progress_bar", "log_every_n_steps", "enable_model_summary"},
     # train_source / train_size: the data fingerprint already says which digits a run trained on,
     # and leaving them out keeps the identity of runs made before they were options
-    "task": {"data_dir", "download", "eval_batch_size", "train_source", "train_size",
+    "task": {"data_dir", "cache_dir", "download", "eval_batch_size", "train_source", "train_size",
              "bias"},  # bias: how the analysis measures the task's bias (biaskd.scenario)
     "teacher": {"compare"},  # what a finished run is compared with, not how it trains
     "train": {"steps_per_call"},  # the same optimizer steps, grouped into fewer Lightning calls

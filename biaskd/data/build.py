@@ -36,8 +36,9 @@ def build_data(cfg: DictConfig, seed: int | None = None) -> TaskData:
     spec = OmegaConf.to_container(cfg.task, resolve=True)
     for key in _TASK_META_KEYS:
         spec.pop(key, None)
-    if spec.get("data_dir") is not None:
-        spec["data_dir"] = str(absolute(spec["data_dir"]))
+    for folder in ("data_dir", "cache_dir"):
+        if spec.get(folder) is not None:
+            spec[folder] = str(absolute(spec[folder]))
     key = json.dumps(spec, sort_keys=True, default=str)
     spec["seed"] = int(cfg.seed if seed is None else seed)
     if key in _last:

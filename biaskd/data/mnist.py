@@ -33,6 +33,7 @@ import torch
 from biaskd.data.base import Split, seeded_split
 from biaskd.data.datamodule import TaskData
 from biaskd.data.ood import expand_ood_config, make_ood
+from biaskd.data.ood_cache import OodCache, images_digest
 from biaskd.data.download import fetch, md5_file
 from biaskd.errors import BiaskdError, ChecksumError, ConfigError, DataFormatError, MissingDataError
 
@@ -401,6 +402,7 @@ class MnistData(TaskData):
         verify: bool = False,
         train_source: str = "embedded",
         train_size: int | None = None,
+        cache_dir: str | Path | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -414,6 +416,7 @@ class MnistData(TaskData):
         self.verify = verify
         self.train_source = train_source
         self.train_size = train_size
+        self.cache_dir = cache_dir  # OOD sets kept on disk for other processes (biaskd.data.ood_cache)
         self.source: dict[str, str] = {}
 
     def build(self) -> tuple[Split, Split, dict[str, Split]]:
@@ -432,7 +435,12 @@ class MnistData(TaskData):
         valid = _to_split("valid", *data.valid, data.valid_ids)
         test_images, test_labels = data.test
         evals = {"test": _to_split("test", test_images, test_labels, data.test_ids)}
+        cache = OodCache(self.cache_dir) if self.cache_dir is not None and self.ood_splits else None
+        digest = images_digest(test_images) if cache is not None else None
         for spec in self.ood_splits:
-            images, params = make_ood(spec.transform, test_images, spec.severity, spec.seed)
+            if cache is not None:
+                images, params = cache.make(spec.transform, test_images, spec.severity, spec.seed, digest)
+            else:
+                images, params = make_ood(spec.transform, test_images, spec.severity, spec.seed)
             evals[spec.split] = _to_split(spec.split, images, test_labels, data.test_ids, params)
         return train, valid, evals
