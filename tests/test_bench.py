@@ -162,7 +162,8 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
         torch.set_num_threads(before)
     res = json.loads((tmp_path / "bench.json").read_text())
     keys = ("kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain",
-            "lightning_grouped_vs_plain", *(f"lightning_grouped_{k}_vs_plain" for k in loops.GROUP_SCAN))
+            "lightning_grouped_vs_plain", *(f"lightning_grouped_{k}_vs_plain" for k in loops.GROUP_SCAN),
+            "lightning_stacked_vs_plain")
     for key in keys:
         r = res["benchmarks"][key]["tiny"]
         assert r["ratio"] > 0 and r["a_median"] > 0 and r["b_median"] > 0
@@ -170,6 +171,8 @@ def test_bench_quick_writes_ratios(tmp_path, monkeypatch):
             for k in loops.GROUP_SCAN] == list(loops.GROUP_SCAN)
     md = (tmp_path / "bench.md").read_text()
     assert "lightning_vs_plain" in md and f"| lightning_grouped_{loops.GROUP_SCAN[-1]}_vs_plain | tiny |" in md
+    assert res["benchmarks"]["lightning_stacked_vs_plain"]["tiny"]["stacked_seeds"] == loops.STACKED_SEEDS
+    assert "seeds stacked" in md
     assert seen == [1] and res["machine"]["torch_threads"] == 1 and "1 torch thread(s) in the training loops" in md
     if res["subnormal_kept_vs_flushed"] is not None:  # None where the CPU cannot flush
         assert res["subnormal_kept_vs_flushed"]["ratio"] > 0
@@ -331,3 +334,41 @@ def test_the_subnormal_section_reports_kept_over_flushed():
     md = format_subnormal({"ratio": 2.0, "kept_ms": 4.0, "flushed_ms": 2.0, "rounds": 3, "steps": 50,
                            "subnormal_share": 1 / 3})
     assert "4.00 ms per step with subnormals kept, 2.00 ms flushed — kept ÷ flushed 2.00×" in md
+
+
+def test_seeds_stacked_as_one_model_train_as_each_would_alone():
+    """Three MLP seeds (own initialisation, own batch order, a short last batch) trained as one
+    vectorised model for two epochs end where three hand loops end, within float rounding; and
+    the three are different models."""
+    from biaskd.bench.stacked import StackedSeeds
+    from biaskd.losses import cross_entropy
+
+    split, seeds = _split(100), (0, 1, 2)
+    make = lambda: MLP(hidden=(16,))  # noqa: E731
+    inits = []
+    for s in seeds:
+        torch.manual_seed(100 + s)
+        inits.append(make())
+    alone = []
+    for s, init in zip(seeds, inits):
+        model = MLP(hidden=(16,))
+        model.load_state_dict(init.state_dict())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        batches = TensorBatches(split, 32, seed=s)
+        for epoch in range(2):
+            batches.set_epoch(epoch)
+            for b in batches:
+                opt.zero_grad(set_to_none=True)
+                cross_entropy(model(b["x"]), b["y"]).backward()
+                opt.step()
+        alone.append(model)
+    stacked = StackedSeeds(inits, lr=1e-2)
+    trainer = loops._trainer(2)
+    trainer.fit(stacked, datamodule=loops._StackedData(split, 32, seeds))
+    together = stacked.unstacked(lambda: MLP(hidden=(16,)))
+    for a, t in zip(alone, together):
+        for (name, pa), pt in zip(a.state_dict().items(), t.state_dict().values()):
+            assert torch.allclose(pa, pt, rtol=1e-4, atol=1e-6), name
+    first = together[0].state_dict()["head.weight"]
+    assert not torch.allclose(first, together[1].state_dict()["head.weight"], atol=1e-3)
+    assert not torch.allclose(first, inits[0].state_dict()["head.weight"], atol=1e-3)  # it trained

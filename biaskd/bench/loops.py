@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from biaskd import PROJECT_ROOT
+from biaskd.bench.stacked import StackedBatches, StackedSeeds
 from biaskd.data.base import Split, StepGroups, TensorBatches
 from biaskd.losses import cross_entropy
 from biaskd.modules.classifier import ClassifierModule
@@ -33,6 +34,8 @@ WARMUP_STEPS = 20
 STEPS_PER_CALL = 8
 #: more steps per call, for reference: how far larger groups take the bare ``fit``
 GROUP_SCAN = (16, 32)
+#: seeds trained as one vectorised model by the stacked contender (:mod:`biaskd.bench.stacked`)
+STACKED_SEEDS = 4
 
 
 class _Data(L.LightningDataModule):
@@ -74,6 +77,25 @@ def lightning_fit(module: L.LightningModule, split: Split, batch_size: int, epoc
     trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=_Data(split, batch_size, lengths, steps_per_call))
     return len(split) * epochs / timer.seconds
+
+
+class _StackedData(L.LightningDataModule):
+    def __init__(self, split: Split, batch_size: int, seeds):
+        super().__init__()
+        self.batches = StackedBatches(split, batch_size, seeds)
+
+    def train_dataloader(self):
+        return self.batches
+
+
+def stacked_fit(make_model, split: Split, batch_size: int, epochs: int, k: int = STACKED_SEEDS) -> float:
+    """Examples per second, all ``k`` copies counted, of ``Trainer.fit``'s training loop on ``k``
+    seeds of ``make_model()`` trained as one vectorised model (:class:`StackedSeeds`)."""
+    timer = _LoopTimer()
+    trainer = _trainer(epochs)
+    trainer.callbacks.append(timer)
+    trainer.fit(StackedSeeds([make_model() for _ in range(k)]), datamodule=_StackedData(split, batch_size, range(k)))
+    return k * len(split) * epochs / timer.seconds
 
 
 def run_trainer_fit(module: L.LightningModule, split: Split, batch_size: int, epochs: int, lengths=None,
@@ -210,7 +232,8 @@ def scenario_pair(name: str):
 
 
 def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> dict:
-    """The scenario's student trained nine ways, in rounds: Lightning ``fit`` with a teacher
+    """The scenario's student trained nine ways (ten for images: ``STACKED_SEEDS`` seeds as one
+    vectorised model), in rounds: Lightning ``fit`` with a teacher
     forward per step, with cached KD, alone; the hand loop; the run's own Trainer; Lightning's
     ``fit`` and the run's Trainer with ``STEPS_PER_CALL`` optimizer steps per training_step, and
     ``fit`` with each of ``GROUP_SCAN``'s."""
@@ -235,6 +258,8 @@ def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> 
                                                      steps_per_call=STEPS_PER_CALL),
             **{f"student_grouped_{k}": (lambda k=k: lightning_fit(ClassifierModule(make_student()), sp, bs, ep, lens,
                                                                   steps_per_call=k)) for k in GROUP_SCAN},
+            # seeds stacked: batches of one width only (sequence batches are trimmed per seed)
+            **({"stacked": lambda: stacked_fit(make_student, sp, bs, ep)} if lens is None else {}),
         }
 
     n = min(len(split), bs * WARMUP_STEPS)  # the first rows: cached-KD indices stay valid
@@ -251,6 +276,8 @@ def bench_training(name: str, epochs: int, repeats: int, min_steps: int = 0) -> 
         "run_trainer_grouped_vs_plain": pair_ratio(t["run_trainer_grouped"], t["plain"]) | grouped,
         **{f"lightning_grouped_{k}_vs_plain": pair_ratio(t[f"student_grouped_{k}"], t["plain"])
            | info | {"steps_per_call": k} for k in GROUP_SCAN},
+        **({"lightning_stacked_vs_plain": pair_ratio(t["stacked"], t["plain"]) | info | {"stacked_seeds": STACKED_SEEDS}}
+           if "stacked" in t else {}),
     }
 
 

@@ -13,7 +13,9 @@ cancels within a round), with the ratio of the two sides' median throughputs bes
    ``lightning_grouped_vs_plain`` and ``run_trainer_grouped_vs_plain``: the same with
    ``STEPS_PER_CALL`` optimizer steps per ``training_step`` (``train.steps_per_call``: the same
    updates, the loop's fixed cost per call paid once per group), and ``lightning_grouped_<k>_vs_plain``
-   with each larger ``k`` of ``GROUP_SCAN`` (reference);
+   with each larger ``k`` of ``GROUP_SCAN`` (reference); ``lightning_stacked_vs_plain`` (image
+   students): ``STACKED_SEEDS`` seeds trained as one vectorised model in a bare ``fit``, all their
+   examples counted, ÷ one seed's hand loop (:mod:`biaskd.bench.stacked`);
 5. ``lightning_step_overhead``: what the loops cost per step whatever the model: the same
    loops with a model that is one bias vector (no compute to speak of); the ms/step
    differences, the best ``lightning_vs_plain`` they allow for the scenario's student, and
@@ -86,7 +88,8 @@ def _fmt(results: dict) -> str:
                "lightning_vs_plain": "(reference)", "run_trainer_vs_plain": "(reference)",
                "lightning_grouped_vs_plain": "≥ 0.90", "run_trainer_grouped_vs_plain": "(reference)",
                "lightning_step_overhead": "(reference)", "cka_fast_vs_naive": "≪ 1, equal to 1e-6",
-               **{f"lightning_grouped_{k}_vs_plain": "(reference)" for k in GROUP_SCAN}}
+               **{f"lightning_grouped_{k}_vs_plain": "(reference)" for k in GROUP_SCAN},
+               "lightning_stacked_vs_plain": "(reference)"}
     for key, per in results["benchmarks"].items():
         for scen, r in per.items():
             if key == "cka_fast_vs_naive":
@@ -106,6 +109,9 @@ def _fmt(results: dict) -> str:
                           f"{r['ratio_of_medians']:.3f}), batch {r['batch_size']}, {r['steps']} steps")
                 if "steps_per_call" in r:
                     detail += f", {r['steps_per_call']} optimizer steps per training_step"
+                if "stacked_seeds" in r:
+                    detail += (f", {r['stacked_seeds']} seeds stacked (examples of all seeds per second; "
+                               f"ms per stacked step ÷ seeds)")
             lines.append(f"| {key} | {scen} | {r['ratio']:.3f} | {targets[key]} | {detail} |")
     if results.get("main_job_wall_s") is not None:
         lines.append(f"| main job wall time | mnist | — | ≤ 600 s | {results['main_job_wall_s']:.0f} s |")
@@ -138,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     benchmarks: dict[str, dict] = {k: {} for k in (
         "kd_cached_vs_student", "kd_teacher_forward_vs_student", "lightning_vs_plain", "run_trainer_vs_plain",
         "lightning_grouped_vs_plain", "run_trainer_grouped_vs_plain",
-        *(f"lightning_grouped_{k}_vs_plain" for k in GROUP_SCAN), "lightning_step_overhead",
+        *(f"lightning_grouped_{k}_vs_plain" for k in GROUP_SCAN), "lightning_stacked_vs_plain",
+        "lightning_step_overhead",
         "cka_fast_vs_naive")}
     plan = {scen: SCENARIO_PLAN.get(scen, {args.quick: (repeats, MIN_STEPS[args.quick])})[args.quick]
             for scen in scenarios}
