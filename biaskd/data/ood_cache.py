@@ -6,7 +6,7 @@ A set is filed under a key that digests everything it is computed from: the sour
 (bytes, shape, dtype), the transform's name, severity and seed, the generator's source
 (``biaskd/data/ood.py``) and numpy's version. A hit is the array a fresh build gives, bit for
 bit (``tests/test_ood_cache.py``); editing the generator changes every key, so a stale set is
-never read. Files are written whole (a temporary file in the same folder, then renamed), so
+never read. Files are written whole (``biaskd.record.artifacts.atomic_write``), so
 parallel jobs building the same set never read half a file. A file that cannot be read, or does
 not hold a set of the right shape, is rebuilt and replaced, with a warning naming it; a folder
 that cannot be written is used read-only, with one warning. The cache never fails a run.
@@ -17,13 +17,13 @@ import functools
 import hashlib
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from biaskd.data import ood
+from biaskd.record.artifacts import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +92,10 @@ class OodCache:
     def _write(self, path: Path, out: np.ndarray, params: dict[str, np.ndarray]) -> None:
         if not self._writable:
             return
-        tmp = None
+        arrays = {"images": out, **{PARAM_PREFIX + k: np.asarray(v) for k, v in params.items()}}
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=out, **{PARAM_PREFIX + k: np.asarray(v) for k, v in params.items()})
-            os.replace(tmp, path)
-            tmp = None
+            atomic_write(path, lambda f: np.savez(f, **arrays))
         except OSError as exc:
             self._writable = False
             log.warning("OOD cache: cannot write to %s (%s); OOD sets are built in each process "
                         "(set cache_dir to a writable folder, or cache_dir=null)", self.folder, exc)
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
